@@ -1,0 +1,392 @@
+"""The board: pixels as a last-writer-wins register per pixel, with undo, as a CRDT.
+
+How it works
+------------
+Every fragment (:mod:`p2pboard.ops`) paints a set of pixels at a stamp. A pixel shows the
+colour of the *visible* fragment with the highest stamp covering it, or the background.
+Clearing is a fragment covering every pixel with the background colour. Visibility is a
+register per operation ``(author, opno)``: :class:`~p2pboard.ops.Toggle` records of the
+author switch it, the one with the highest ``opno`` wins, and the default is visible. All
+of these are max-merges, so two boards that applied the same records hold the same pixels,
+whatever the order, duplicates or timing.
+
+Storage is two layers. The *base* holds, per pixel, the colour and stamp of the winner
+among operations that can no longer change: an author's operation becomes final once we
+hold all of that author's records up to ``opno + UNDO_WINDOW`` (:meth:`Board.settle`, driven
+by the session engine), because no toggle of it can come later. Final operations are
+folded into the base and forgotten (undone ones are simply dropped). The *log* keeps the
+recent operations, keyed by ``(author, datagram seq, record index)`` so duplicates are
+recognised. The *view* is the per-pixel maximum of the base and the visible log entries. A
+new fragment updates the view in place; hiding one recomputes only the pixels it covers.
+
+Limits: the log is capped at :data:`LOG_PIXEL_CAP` pixels. Past it the oldest operations
+are folded early ("forced folds", counted); an undo that later reaches such an operation
+cannot take it back on this peer. In normal use (undo depth 200 of one's own strokes) the
+cap is never reached. Toggle registers are capped at :data:`MAX_TOGGLES`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+
+from .ops import BACKGROUND, UNDO_WINDOW, Clear, Image, Paint, Record, Toggle
+
+#: Most pixels kept in the log of not-yet-final operations (about 4 bytes each).
+LOG_PIXEL_CAP = 48 << 20
+#: Most undo/redo registers kept for operations that are not final.
+MAX_TOGGLES = 1 << 16
+_BG = np.array(BACKGROUND, dtype=np.uint8)
+
+
+@dataclass(slots=True)
+class Entry:
+    """One fragment in the log."""
+
+    key: tuple[int, int, int]  #: (author, seq, record index)
+    rec: Paint | Image | Clear
+    index: np.ndarray | None  #: flat pixel indices (int32) of a Paint
+    box: tuple[int, int, int, int]  #: x0, y0, x1, y1 (exclusive) it covers
+    size: int  #: pixels covered
+
+    @property
+    def op(self) -> tuple[int, int]:
+        return self.rec.author, self.rec.opno
+
+
+class Board:
+    """One peer's copy of a board of ``width`` x ``height`` RGBA pixels."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = int(width), int(height)
+        n = self.width * self.height
+        self._n = n
+        self._base_stamp = np.zeros(n, dtype=np.uint64)
+        self._base_color = np.empty((n, 4), dtype=np.uint8)
+        self._base_color[:] = _BG
+        self._stamp = self._base_stamp.copy()
+        self._color = self._base_color.copy()
+        self._log: dict[tuple[int, int, int], Entry] = {}
+        self._ops: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+        self._heaps: dict[int, list[int]] = {}
+        self._folded: dict[int, int] = {}
+        self._toggles: dict[int, dict[int, tuple[int, bool]]] = {}
+        self._ntoggles = 0
+        self._live_pixels = 0
+        self._dirty: list[int] | None = None
+        self._rebuild = False
+        #: records refused: bad geometry, invalid toggles, over a cap
+        self.rejected = 0
+        #: records ignored because they belong to operations already final here
+        self.stale = 0
+        #: operations folded early because the log hit LOG_PIXEL_CAP
+        self.forced_folds = 0
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """The board as a read-only uint8 array (height, width, 4), updated in place."""
+        self._sync()
+        v = self._color.reshape(self.height, self.width, 4).view()
+        v.flags.writeable = False
+        return v
+
+    @property
+    def stamps(self) -> np.ndarray:
+        """The stamp each pixel shows (0 for the untouched background), read-only."""
+        self._sync()
+        v = self._stamp.reshape(self.height, self.width).view()
+        v.flags.writeable = False
+        return v
+
+    def digest(self) -> str:
+        """A hash of the pixels: equal on boards that show the same picture."""
+        self._sync()
+        return hashlib.blake2b(self._color.data, digest_size=16).hexdigest()
+
+    def take_dirty(self) -> tuple[int, int, int, int] | None:
+        """The rectangle (x0, y0, x1, y1; exclusive) changed since the last call, or None."""
+        self._sync()
+        d, self._dirty = self._dirty, None
+        return None if d is None else tuple(d)  # type: ignore[return-value]
+
+    @property
+    def live_pixels(self) -> int:
+        """Pixels held in the log of operations that may still be undone."""
+        return self._live_pixels
+
+    @property
+    def live_ops(self) -> int:
+        return len(self._ops)
+
+    def visible(self, author: int, opno: int) -> bool:
+        reg = self._toggles.get(author, {}).get(opno)
+        return True if reg is None else reg[1]
+
+    # ------------------------------------------------------------------ writing
+
+    def apply(self, rec: Record, author: int, seq: int, idx: int) -> bool:
+        """Apply one record received in datagram ``seq`` of ``author``. True if it changed
+        anything; duplicates, stale and invalid records return False."""
+        if rec.author != author:
+            self.rejected += 1
+            return False
+        if rec.opno <= self._folded.get(author, 0) and not isinstance(rec, Toggle):
+            self.stale += 1
+            return False
+        if isinstance(rec, Toggle):
+            return self._toggle(rec)
+        key = (author, seq, idx)
+        if key in self._log:
+            return False
+        entry = self._entry(key, rec)
+        if entry is None:
+            self.rejected += 1
+            return False
+        self._sync()
+        self._add(entry)
+        if self.visible(*entry.op):
+            self._paint(entry, self._stamp, self._color)
+            self._mark(entry.box)
+        if self._live_pixels > LOG_PIXEL_CAP:
+            self._force_fold()
+        return True
+
+    def settle(self, author: int, opno: int) -> None:
+        """We hold every record of ``author`` with an opno up to ``opno``: operations more
+        than UNDO_WINDOW older than that are final and move into the base."""
+        limit = opno - UNDO_WINDOW
+        if limit <= self._folded.get(author, 0):
+            return
+        self._folded[author] = limit
+        heap = self._heaps.get(author, [])
+        while heap and heap[0] <= limit:
+            o = heapq.heappop(heap)
+            self._fold_op((author, o), into_base=True)
+        if not heap:
+            self._heaps.pop(author, None)
+        regs = self._toggles.get(author)
+        if regs:
+            for t in [t for t in regs if t <= limit]:
+                del regs[t]
+                self._ntoggles -= 1
+            if not regs:
+                del self._toggles[author]
+
+    def drop_covered(self, covered: dict[int, int]) -> None:
+        """Forget log entries of ``author`` from datagrams up to ``covered[author]``: a
+        snapshot about to be merged holds them, with their final visibility."""
+        if not covered:
+            return
+        gone = [k for k in self._log if k[1] <= covered.get(k[0], 0)]
+        for k in gone:
+            self._remove(k)
+        if gone:
+            self._rebuild = True
+
+    def merge(self, other: Board) -> None:
+        """Merge another board of the same size (a snapshot) into this one."""
+        if (other.width, other.height) != (self.width, self.height):
+            raise ValueError("boards of different sizes")
+        take = other._base_stamp > self._base_stamp
+        self._base_stamp[take] = other._base_stamp[take]
+        self._base_color[take] = other._base_color[take]
+        for author, limit in other._folded.items():
+            if limit > self._folded.get(author, 0):
+                self._folded[author] = limit
+                for k in [k for k in self._log if k[0] == author
+                          and self._log[k].rec.opno <= limit]:
+                    self._remove(k)
+                regs = self._toggles.get(author, {})
+                for t in [t for t in regs if t <= limit]:
+                    del regs[t]
+                    self._ntoggles -= 1
+        for author, regs in other._toggles.items():
+            for target, (opno, vis) in regs.items():
+                self._set_toggle(author, target, opno, vis)
+        for key, e in other._log.items():
+            if key not in self._log and e.rec.opno > self._folded.get(e.rec.author, 0):
+                self._add(e)
+        self._rebuild = True
+        if self._live_pixels > LOG_PIXEL_CAP:
+            self._force_fold()
+        self._sync()
+
+    # ------------------------------------------------------------------ internals
+
+    def _entry(self, key, rec) -> Entry | None:
+        w, h = self.width, self.height
+        if isinstance(rec, Paint):
+            ix = rec.index
+            if ix.ndim != 1 or ix.size == 0:
+                return None
+            if int(ix[0]) < 0 or int(ix[-1]) >= self._n:
+                return None
+            ix32 = ix.astype(np.int32)
+            ys = ix32 // w
+            xs = ix32 - ys * w
+            box = (int(xs.min()), int(ys[0]), int(xs.max()) + 1, int(ys[-1]) + 1)
+            return Entry(key, rec, ix32, box, int(ix.size))
+        if isinstance(rec, Image):
+            ih, iw = rec.rgba.shape[:2]
+            if rec.rgba.ndim != 3 or rec.rgba.shape[2] != 4 or ih == 0 or iw == 0:
+                return None
+            if rec.x < 0 or rec.y < 0 or rec.x + iw > w or rec.y + ih > h:
+                return None
+            return Entry(key, rec, None, (rec.x, rec.y, rec.x + iw, rec.y + ih), ih * iw)
+        if isinstance(rec, Clear):
+            return Entry(key, rec, None, (0, 0, w, h), 0)
+        return None
+
+    def _add(self, e: Entry) -> None:
+        self._log[e.key] = e
+        op = e.op
+        keys = self._ops.get(op)
+        if keys is None:
+            self._ops[op] = [e.key]
+            heapq.heappush(self._heaps.setdefault(op[0], []), op[1])
+        else:
+            keys.append(e.key)
+        self._live_pixels += e.size
+
+    def _remove(self, key) -> Entry:
+        e = self._log.pop(key)
+        self._live_pixels -= e.size
+        keys = self._ops.get(e.op)
+        if keys is not None:
+            keys.remove(key)
+            if not keys:
+                del self._ops[e.op]  # its heap item is skipped when popped
+        return e
+
+    def _fold_op(self, op, into_base: bool) -> None:
+        keys = self._ops.pop(op, None)
+        if not keys:
+            return
+        vis = self.visible(*op)
+        for k in keys:
+            e = self._log.pop(k)
+            self._live_pixels -= e.size
+            if vis and into_base:
+                self._paint(e, self._base_stamp, self._base_color)
+
+    def _force_fold(self) -> None:
+        while self._live_pixels > LOG_PIXEL_CAP and self._ops:
+            op = min(self._ops, key=lambda o: self._log[self._ops[o][0]].rec.stamp)
+            self._fold_op(op, into_base=True)
+            self.forced_folds += 1
+
+    def _set_toggle(self, author: int, target: int, opno: int, vis: bool) -> bool | None:
+        """Update a register; returns the old visibility if it changed, else None."""
+        regs = self._toggles.get(author)
+        cur = None if regs is None else regs.get(target)
+        if cur is not None and cur[0] >= opno:
+            return None
+        if cur is None:
+            if self._ntoggles >= MAX_TOGGLES:
+                self.rejected += 1
+                return None
+            self._ntoggles += 1
+        self._toggles.setdefault(author, {})[target] = (opno, vis)
+        old = True if cur is None else cur[1]
+        return old
+
+    def _toggle(self, rec: Toggle) -> bool:
+        if not rec.valid:
+            self.rejected += 1
+            return False
+        if rec.target <= self._folded.get(rec.author, 0):
+            self.stale += 1
+            return False
+        old = self._set_toggle(rec.author, rec.target, rec.opno, rec.visible)
+        if old is None:
+            return False
+        if old != rec.visible:
+            self._sync()
+            for k in self._ops.get((rec.author, rec.target), ()):
+                e = self._log[k]
+                if rec.visible:
+                    self._paint(e, self._stamp, self._color)
+                else:
+                    self._recompute(e)
+                self._mark(e.box)
+        return True
+
+    @staticmethod
+    def _paint_into(e: Entry, stamp: np.ndarray, color: np.ndarray, w: int,
+                    only: np.ndarray | None = None) -> None:
+        """Max-stamp ``e`` into (stamp, color); ``only``: a flat bool mask to restrict to."""
+        s = np.uint64(e.rec.stamp)
+        rec = e.rec
+        if isinstance(rec, Paint):
+            ix = e.index
+            if only is not None:
+                ix = ix[only[ix]]
+            ix = ix[stamp[ix] < s]
+            stamp[ix] = s
+            color[ix] = rec.color
+        elif isinstance(rec, Image):
+            x0, y0, x1, y1 = e.box
+            h = stamp.size // w
+            st2 = stamp.reshape(h, w)[y0:y1, x0:x1]
+            co2 = color.reshape(h, w, 4)[y0:y1, x0:x1]
+            m = st2 < s
+            if only is not None:
+                m &= only.reshape(h, w)[y0:y1, x0:x1]
+            st2[m] = s
+            co2[m] = rec.rgba[m]
+        else:  # Clear
+            m = stamp < s
+            if only is not None:
+                m &= only
+            stamp[m] = s
+            color[m] = _BG
+
+    def _paint(self, e: Entry, stamp, color) -> None:
+        self._paint_into(e, stamp, color, self.width)
+
+    def _recompute(self, hidden: Entry) -> None:
+        """Rebuild the view where ``hidden`` was, from the base and the visible log."""
+        if isinstance(hidden.rec, Clear):
+            self._rebuild = True
+            self._sync()
+            return
+        only = np.zeros(self._n, dtype=bool)
+        if hidden.index is not None:
+            only[hidden.index] = True
+        else:
+            x0, y0, x1, y1 = hidden.box
+            only.reshape(self.height, self.width)[y0:y1, x0:x1] = True
+        self._stamp[only] = self._base_stamp[only]
+        self._color[only] = self._base_color[only]
+        hx0, hy0, hx1, hy1 = hidden.box
+        for e in self._log.values():
+            x0, y0, x1, y1 = e.box
+            if x0 >= hx1 or x1 <= hx0 or y0 >= hy1 or y1 <= hy0:
+                continue
+            if e is hidden or not self.visible(*e.op):
+                continue
+            self._paint_into(e, self._stamp, self._color, self.width, only)
+
+    def _sync(self) -> None:
+        if not self._rebuild:
+            return
+        self._rebuild = False
+        np.copyto(self._stamp, self._base_stamp)
+        np.copyto(self._color, self._base_color)
+        for e in self._log.values():
+            if self.visible(*e.op):
+                self._paint(e, self._stamp, self._color)
+        self._mark((0, 0, self.width, self.height))
+
+    def _mark(self, box) -> None:
+        d = self._dirty
+        if d is None:
+            self._dirty = list(box)
+        else:
+            d[0], d[1] = min(d[0], box[0]), min(d[1], box[1])
+            d[2], d[3] = max(d[2], box[2]), max(d[3], box[3])

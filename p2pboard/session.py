@@ -1,0 +1,1114 @@
+"""The session engine: one peer of a board, as a sans-IO state machine.
+
+Bytes and the current time go in (:meth:`Engine.receive_datagram`, :meth:`Engine.handle_timer`,
+the drawing calls); datagrams to send, the next timer deadline and events come out
+(:meth:`Engine.datagrams_to_send`, :meth:`Engine.get_timer`, :meth:`Engine.next_event`).
+It opens no socket and reads no clock, so every loss scenario runs in a simulator.
+
+Theory of operation
+-------------------
+*Sources.* Every peer numbers its DATA datagrams 1, 2, 3 ... For each source we track the
+highest number that exists (from its datagrams, its heartbeats and everybody's session
+messages) and the set we hold; ``contiguous`` is the number up to which we hold all.
+
+*Sending.* Local operations are encoded into records at once and applied to our own board
+at once (no round trip). Records are packed into the open datagram; it is sent when full,
+or at once if nothing was sent in the last ``flush_delay`` (so a single dot goes out
+immediately), or else when that deadline passes. A token bucket paces data, repairs and
+snapshot chunks; control messages are small and go first.
+
+*Tail loss.* After sending data a peer sends heartbeats (its highest number) after 8, 32,
+128 and 512 ms of silence, and a session message about once a second at all times. Session
+messages also carry, for up to 64 sources, what the sender holds: third parties reveal a
+lost tail even when the author is gone, and they acknowledge our data (``wait_synced``).
+
+*Repair.* A receiver that sees a gap waits a random 0..``nack_max`` (a few ms, drawn from a
+truncated exponential so that few receivers pick short delays), then
+multicasts a NACK for all its missing numbers of that source, unless it heard another
+peer's NACK for them first (suppression); it then waits ``retry_base`` * 2^attempt for the
+repair and asks again. The author answers a NACK at once; a hold-down makes it ignore
+NACKs for a datagram it repaired in the last ``holddown`` seconds. Other holders answer only
+when the author is gone or the request is a retry, after a random delay, and stay quiet if
+someone else's repair goes out first. Repairs are the original bytes, so any copy is as
+good as the author's. Anything that cannot be repaired (evicted everywhere, too far
+behind) is healed with a snapshot.
+
+*Late join.* A new peer asks for a snapshot (SNAP_REQ). A synced peer answers after a short
+random delay unless another answered first: SNAP_META, then the state (store.dump) in
+chunks, which the joiner NACKs by chunk until complete. The snapshot says up to which
+datagram it covers each source; the joiner continues from there. The board is a CRDT, so
+merging a snapshot with whatever arrived meanwhile is always safe.
+
+*Bounds.* Every table keyed by something a peer sends is capped: sources, peers, missing
+numbers per source (the receive window), the repair cache (bytes), hold-downs, snapshot size.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import OrderedDict, deque
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+from . import store, wire
+from .board import Board
+from .config import Config
+from .events import (CursorMoved, Event, JoinComplete, PeerJoined, PeerLeft, PeerUpdated,
+                     SizeMismatch, Unrecoverable, VersionMismatch)
+from .ops import UNDO_WINDOW, Clear, Color, Image, Paint, Record, Toggle
+from .pacing import TokenBucket
+
+UDP_IP_OVERHEAD = 28  # bytes of IPv4 + UDP header per datagram, counted by the pacer
+
+
+@dataclass(frozen=True)
+class Timers:
+    """Every timer and limit of the protocol (docs/PROTOCOL.md explains each)."""
+
+    flush_delay: float = 0.002
+    heartbeats: tuple[float, ...] = (0.008, 0.032, 0.128, 0.512)
+    session_interval: float = 1.2  # mean; jittered +-20%
+    peer_timeout: float = 6.0
+    nack_max: float = 0.003  # random NACK delay in [0, nack_max]
+    retry_min: float = 0.003  # wait for a repair before asking again: about 2 repair times,
+    retry_initial: float = 0.005  # (measured: smoothed time from NACK to repair), doubling
+    retry_max: float = 0.5  # with every attempt, never below retry_min nor above retry_max
+    max_attempts: int = 8  # then the gap is unrecoverable by NACK: ask for a snapshot
+    holddown: float = 0.003
+    holder_repair_max: float = 0.004  # random delay of a non-author repair
+    probe_answer_max: float = 0.010
+    join_retry: float = 0.25
+    join_attempts: int = 3  # with nobody answering: we are the first peer
+    snap_answer_max: float = 0.008
+    snap_reuse: float = 0.5  # a snapshot this young is offered again instead of rebuilt
+    snap_keep: float = 30.0
+    snap_idle: float = 0.02  # no chunk for this long: NACK the missing chunks
+    snap_give_up: float = 3.0
+    receive_window: int = 16384  # datagrams beyond ``contiguous`` we track per source
+    snapshot_gap: int = 2048  # missing more than this from one source: snapshot, not NACK
+    max_sources: int = 1024
+    max_peers: int = 512
+    repair_cache_bytes: int = 96 << 20
+    burst: int = 96 * 1024
+
+
+@dataclass
+class Stats:
+    """Counters. Everything received that was not used is counted in one ``rejected_*``
+    or ``ignored_*`` field."""
+
+    datagrams_sent: int = 0
+    bytes_sent: int = 0
+    datagrams_received: int = 0
+    bytes_received: int = 0
+    data_sent: int = 0
+    data_received: int = 0
+    duplicates: int = 0
+    gaps: int = 0  # datagrams found missing
+    recovered: int = 0  # missing datagrams that arrived later
+    nacks_sent: int = 0
+    nacks_received: int = 0
+    nacks_suppressed: int = 0
+    repairs_sent: int = 0
+    repairs_received: int = 0
+    repairs_held_down: int = 0
+    holder_repairs_cancelled: int = 0
+    heartbeats_sent: int = 0
+    sessions_sent: int = 0
+    snapshots_sent: int = 0
+    snapshot_chunks_sent: int = 0
+    snapshots_received: int = 0
+    unrecoverable: int = 0
+    ignored_own: int = 0
+    rejected_malformed: int = 0
+    rejected_version: int = 0
+    rejected_size: int = 0
+    rejected_window: int = 0
+    rejected_nack: int = 0
+    rejected_snapshot: int = 0
+    rejected_cap: int = 0
+    rejected_records: int = 0  # invalid toggles and the like inside valid datagrams
+    pixels_painted: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class Miss:
+    due: float  # when to (re)send a NACK
+    attempt: int  # NACKs sent or heard so far
+    detected: float
+    asked: float = 0.0  # when the last NACK for it was sent or heard
+
+
+@dataclass
+class Source:
+    id: int
+    contiguous: int = 0
+    highest: int = 0
+    held: set[int] = field(default_factory=set)  # numbers > contiguous that we hold
+    maxop: dict[int, int] = field(default_factory=dict)  # number -> largest opno in it
+    settled: int = 0  # largest opno through ``contiguous``
+    missing: dict[int, Miss] = field(default_factory=dict)
+    anchored: bool = True  # False while joining: numbers below the first seen are unknown
+    first_seen: int = 0
+    given_up: bool = False
+    give_ups: int = 0  # snapshots asked for because of this source, without progress
+
+
+@dataclass
+class Peer:
+    id: int
+    name: str
+    color: Color
+    last_heard: float
+    joining: bool = False
+    holds: dict[int, int] = field(default_factory=dict)  # source -> contiguous it reported
+    highest: int = 0
+    datagrams: int = 0  # DATA received from it
+    lost: int = 0  # of its datagrams found missing here
+    alive: bool = True
+
+    @property
+    def loss_rate(self) -> float:
+        total = self.datagrams + self.lost
+        return self.lost / total if total else 0.0
+
+
+@dataclass
+class _SnapServe:
+    snap_id: int
+    blob: bytes
+    built: float
+    last_used: float
+
+
+@dataclass
+class _SnapFetch:
+    req_id: int
+    started: float
+    asked_at: float
+    attempts: int = 0
+    server: int = 0
+    snap_id: int = 0
+    total: int = 0
+    chunk_size: int = 0
+    chunks: dict[int, bytes] = field(default_factory=dict)
+    last_chunk: float = 0.0
+    nacks: int = 0
+
+
+class Engine:
+    """One peer. ``rng`` and ``now`` make it deterministic under test."""
+
+    def __init__(self, config: Config | None = None, *, peer_id: int | None = None,
+                 rng: random.Random | None = None, timers: Timers | None = None,
+                 now: float = 0.0) -> None:
+        self.config = config or Config()
+        self.timers = timers or Timers()
+        self.rng = rng or random.Random()
+        self.id = peer_id if peer_id is not None else self.rng.randrange(1, 1 << 32)
+        if not 0 < self.id < 1 << 32:
+            raise ValueError(f"peer id {self.id} is not a non-zero u32")
+        self.size = self.config.size
+        self.board = Board(*self.size)
+        self.stats = Stats()
+        self.started = now
+        self.lamport = 0
+        self.opno = 0
+        self.seq = 0  # last data datagram number flushed
+        self._events: deque[Event] = deque()
+        self._sources: dict[int, Source] = {}
+        self._peers: dict[int, Peer] = {}
+        self._cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._cache_bytes = 0
+        self._holddown: dict[tuple[int, int], float] = {}
+        self._holder_repairs: dict[tuple[int, int], float] = {}
+        self._op_lamport: dict[int, int] = {}
+        self._repair_rtt = self.timers.retry_initial / 2
+        #: seconds from finding a datagram missing to holding it (the latest 10000)
+        self.repair_latencies: deque[float] = deque(maxlen=10_000)
+        self._now = now
+        self._control: deque[bytes] = deque()
+        self._repairs: deque[bytes] = deque()
+        self._data: deque[bytes] = deque()
+        self._bulk: deque[bytes] = deque()
+        self._bucket = TokenBucket(self.config.rate, self.timers.burst)
+        # the datagram being filled
+        self._open: list[bytes] = []
+        self._open_len = 0
+        self._open_maxop = 0
+        self._open_deadline: float | None = None
+        self._last_flush = -1.0
+        # undo
+        self._undo: list[int] = []
+        self._redo: list[int] = []
+        # timers
+        self._hb_index = len(self.timers.heartbeats)
+        self._hb_at: float | None = None
+        self._session_at = now
+        self._probe_answer_at: float | None = None
+        self._last_probe_answer = -1.0
+        self._next_expiry = now + 1.0
+        # snapshots
+        self.joining = True
+        self._fetch: _SnapFetch | None = _SnapFetch(req_id=self.rng.randrange(1, 1 << 32),
+                                                    started=now, asked_at=now)
+        self._heard_synced_peer = False
+        self._serve: dict[int, _SnapServe] = {}
+        self._snap_answers: dict[tuple[int, int], float] = {}  # (joiner, req) -> due
+        self._send_snap_req(now)
+        self._send_session(now)
+        self._my_source = self._sources.setdefault(self.id, Source(self.id))
+
+    # ------------------------------------------------------------------ outputs
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        """Everything that may go out now, within the rate limit."""
+        self._now = max(self._now, now)
+        self._maybe_flush(now)
+        out = list(self._control)
+        self._control.clear()
+        for q in (self._repairs, self._data, self._bulk):
+            while q:
+                if not self._bucket.try_consume(len(q[0]) + UDP_IP_OVERHEAD, now):
+                    break
+                out.append(q.popleft())
+            if q:
+                break
+        for d in out:
+            self.stats.datagrams_sent += 1
+            self.stats.bytes_sent += len(d)
+        return out
+
+    def get_timer(self) -> float | None:
+        """The next time :meth:`handle_timer` must be called (None: never, until input)."""
+        cands = [self._session_at, self._next_expiry]
+        if self._open_deadline is not None:
+            cands.append(self._open_deadline)
+        if self._hb_at is not None:
+            cands.append(self._hb_at)
+        if self._probe_answer_at is not None:
+            cands.append(self._probe_answer_at)
+        for s in self._sources.values():
+            if s.missing:
+                cands.append(min(m.due for m in s.missing.values()))
+        if self._holder_repairs:
+            cands.append(min(self._holder_repairs.values()))
+        if self._snap_answers:
+            cands.append(min(self._snap_answers.values()))
+        f = self._fetch
+        if f is not None:
+            if f.snap_id == 0:
+                cands.append(f.asked_at + self.timers.join_retry)
+            else:
+                cands.append(max(f.last_chunk, f.asked_at) + self.timers.snap_idle)
+        q = self._repairs or self._data or self._bulk
+        if q:
+            cands.append(self._bucket.ready_at(len(q[0]) + UDP_IP_OVERHEAD, self._now))
+        return min(cands)
+
+    # ------------------------------------------------------------------ public state
+
+    @property
+    def peers(self) -> dict[int, Peer]:
+        return {pid: p for pid, p in self._peers.items() if p.alive}
+
+    def source_state(self, source: int) -> Source | None:
+        return self._sources.get(source)
+
+    def missing_count(self) -> int:
+        return sum(len(s.missing) for s in self._sources.values())
+
+    def synced(self) -> bool:
+        """We hold everything every live peer has sent, and they hold everything we sent."""
+        if self.joining or self._open or self._data or self._repairs:
+            return False
+        for s in self._sources.values():
+            if s.contiguous < s.highest:
+                return False
+        for p in self.peers.values():
+            if p.joining:
+                return False
+            if self.seq and p.holds.get(self.id, 0) < self.seq:
+                return False
+            src = self._sources.get(p.id)
+            if p.highest and (src is None or src.contiguous < p.highest):
+                return False
+        return True
+
+    def has_pending(self) -> bool:
+        """Datagrams are waiting for the pacer (or the open datagram for its deadline)."""
+        return bool(self._open or self._control or self._repairs or self._data or self._bulk)
+
+    def probe(self, now: float) -> None:
+        """Ask every peer for a fresh session message (used while waiting to be synced)."""
+        self._send_session(now, probe=True)
+
+    # ------------------------------------------------------------------ drawing
+
+    def _next_op(self) -> tuple[int, int]:
+        self.opno += 1
+        self.lamport = min(self.lamport + 1, 0xFFFFFFFF)
+        return self.opno, self.lamport
+
+    def _push_undo(self, opno: int) -> None:
+        self._undo.append(opno)
+        self._redo.clear()
+        self._trim_undo()
+
+    def _trim_undo(self) -> None:
+        floor = self.opno + 1 - UNDO_WINDOW + 8
+        self._undo = [o for o in self._undo[-UNDO_DEPTH:] if o > floor]
+        self._redo = [o for o in self._redo if o > floor]
+
+    def paint(self, index: np.ndarray, color: Color, now: float) -> int:
+        """A new operation setting the given flat pixel indices to one colour."""
+        opno, lamport = self._next_op()
+        self._push_undo(opno)
+        self._emit(Paint(self.id, opno, lamport, tuple(color), index), now)
+        return opno
+
+    def extend(self, opno: int, index: np.ndarray, color: Color, now: float) -> None:
+        """More pixels for an operation already begun (a stroke being drawn)."""
+        lamport = self._op_lamport.get(opno)
+        if lamport is None:
+            raise ValueError(f"operation {opno} was not begun here or has ended")
+        self._emit(Paint(self.id, opno, lamport, tuple(color), index), now)
+
+    def begin(self, now: float) -> int:
+        """Start an operation whose pixels come later through :meth:`extend`."""
+        opno, lamport = self._next_op()
+        self._push_undo(opno)
+        self._op_lamport = {opno: lamport}  # only the latest begun operation can grow
+        return opno
+
+    def paste(self, rgba: np.ndarray, x: int, y: int, now: float) -> int:
+        opno, lamport = self._next_op()
+        self._push_undo(opno)
+        self._emit(Image(self.id, opno, lamport, x, y, rgba), now)
+        return opno
+
+    def clear(self, now: float) -> int:
+        opno, lamport = self._next_op()
+        self._push_undo(opno)
+        self._emit(Clear(self.id, opno, lamport), now)
+        return opno
+
+    def undo(self, now: float) -> bool:
+        self._trim_undo()
+        if not self._undo:
+            return False
+        target = self._undo.pop()
+        self._redo.append(target)
+        opno, _ = self._next_op()
+        self._emit(Toggle(self.id, opno, target, False), now)
+        return True
+
+    def redo(self, now: float) -> bool:
+        self._trim_undo()
+        if not self._redo:
+            return False
+        target = self._redo.pop()
+        self._undo.append(target)
+        opno, _ = self._next_op()
+        self._emit(Toggle(self.id, opno, target, True), now)
+        return True
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    def cursor(self, x: int, y: int, hidden: bool, now: float) -> None:
+        self._control.append(wire.encode_cursor(self.id, self.seq, self.size,
+                                                wire.Cursor(x, y, hidden)))
+
+    def goodbye(self, now: float) -> None:
+        """Flush what is pending and say goodbye (the caller sends what comes out)."""
+        self._flush(now)
+        self._control.append(wire.encode_empty(wire.MsgType.GOODBYE, self.id, self.seq, self.size))
+
+    def _emit(self, rec: Record, now: float) -> None:
+        w = self.size[0]
+        for piece, frag in wire.encode_record(rec, w):
+            if self._open_len + len(piece) > wire.BODY_BUDGET:
+                self._flush(now)
+            if not self._open:
+                self._open_deadline = now + self.timers.flush_delay
+            idx = len(self._open)
+            self._open.append(piece)
+            self._open_len += len(piece)
+            self._open_maxop = max(self._open_maxop, frag.opno)
+            if self.board.apply(frag, self.id, self.seq + 1, idx):
+                if isinstance(frag, Paint):
+                    self.stats.pixels_painted += int(frag.index.size)
+                elif isinstance(frag, Image):
+                    self.stats.pixels_painted += int(frag.rgba.shape[0] * frag.rgba.shape[1])
+        self._maybe_flush(now)
+
+    def _maybe_flush(self, now: float) -> None:
+        if not self._open:
+            return
+        if now - self._last_flush >= self.timers.flush_delay or (
+                self._open_deadline is not None and now >= self._open_deadline):
+            self._flush(now)
+
+    def _flush(self, now: float) -> None:
+        if not self._open:
+            return
+        self.seq += 1
+        datagram = wire.encode_header(wire.MsgType.DATA, self.id, self.seq, self.size) + b"".join(
+            self._open)
+        self._open.clear()
+        self._open_len = 0
+        self._open_deadline = None
+        self._last_flush = now
+        self._data.append(datagram)
+        self.stats.data_sent += 1
+        self._cache_put((self.id, self.seq), datagram)
+        me = self._my_source
+        me.contiguous = me.highest = self.seq
+        self.board.settle(self.id, self._open_maxop)
+        self._hb_index = 0
+        self._hb_at = now + self.timers.heartbeats[0]
+
+    # ------------------------------------------------------------------ input
+
+    def receive_datagram(self, data: bytes, now: float) -> None:
+        """One datagram from the network. Never raises on bad input: counts and drops."""
+        self._now = max(self._now, now)
+        st = self.stats
+        st.datagrams_received += 1
+        st.bytes_received += len(data)
+        try:
+            h = wire.decode_header(data)
+        except wire.DecodeError:
+            st.rejected_malformed += 1
+            return
+        if h.sender == self.id:
+            st.ignored_own += 1
+            return
+        if h.version != wire.VERSION:
+            st.rejected_version += 1
+            peer = self._peers.get(h.sender)
+            if (peer is None or peer.alive) and not self._warned(("version", h.sender)):
+                self._events.append(VersionMismatch(h.sender, h.version))
+            return
+        if h.sender == 0 or h.type not in _TYPES:
+            st.rejected_malformed += 1
+            return
+        if (h.width, h.height) != self.size:
+            st.rejected_size += 1
+            # Reported from a session message, which names the peer (every peer sends one
+            # as it starts and about once a second).
+            if h.type == wire.MsgType.SESSION:
+                try:
+                    name = wire.decode_session(memoryview(data)[wire.HEADER.size:]).name
+                except wire.DecodeError:
+                    name = None
+                if name is not None and not self._warned(("size", h.sender)):
+                    self._events.append(SizeMismatch(h.sender, name, (h.width, h.height)))
+            return
+        body = memoryview(data)[wire.HEADER.size:]
+        try:
+            handler = self._handlers[h.type]
+            handler(self, h, body, data, now)
+        except wire.DecodeError:
+            st.rejected_malformed += 1
+        except store.StoreError:
+            st.rejected_snapshot += 1
+
+    _warned_keys: set
+
+    def _warned(self, key) -> bool:
+        ws = self.__dict__.setdefault("_warned_keys", set())
+        if key in ws:
+            return True
+        if len(ws) < 1024:
+            ws.add(key)
+        return False
+
+    def _touch(self, h: wire.Header, now: float) -> Peer | None:
+        p = self._peers.get(h.sender)
+        if p is not None:
+            p.last_heard = now
+            p.highest = max(p.highest, h.seq) if h.type != wire.MsgType.DATA else p.highest
+            if not p.alive:
+                p.alive = True
+                self._events.append(PeerJoined(p.id, p.name, p.color))
+        return p
+
+    def _source(self, sid: int, now: float) -> Source | None:
+        s = self._sources.get(sid)
+        if s is None:
+            if len(self._sources) >= self.timers.max_sources:
+                self.stats.rejected_cap += 1
+                return None
+            s = Source(sid, anchored=not self.joining)
+            self._sources[sid] = s
+        return s
+
+    def _announce(self, src: Source, highest: int, now: float) -> None:
+        """``highest`` of ``src`` exists: note what we miss."""
+        if highest <= src.highest:
+            return
+        if not src.anchored:
+            # While joining we only learn where the source stands; the snapshot anchors it.
+            src.highest = highest
+            return
+        lo = max(src.highest + 1, src.contiguous + 1)
+        if highest - src.contiguous > self.timers.snapshot_gap:
+            src.highest = highest
+            self._give_up(src, highest - lo + 1, now)
+            return
+        for s in range(lo, highest + 1):
+            if s not in src.held and s not in src.missing:
+                src.missing[s] = Miss(now + self._nack_delay(), 0, now)
+                self.stats.gaps += 1
+                p = self._peers.get(src.id)
+                if p is not None:
+                    p.lost += 1
+        src.highest = highest
+
+    def _give_up(self, src: Source, count: int, now: float) -> None:
+        """NACKs cannot fill this source's gaps: ask for a snapshot. After several
+        snapshots that did not fill them either, nobody holds them: skip them."""
+        if src.given_up:
+            return
+        src.given_up = True
+        src.give_ups += 1
+        self._events.append(Unrecoverable(src.id, count))
+        if src.give_ups > GIVE_UPS:
+            self.stats.unrecoverable += len(src.missing)
+            src.held.update(src.missing)
+            src.missing.clear()
+            src.given_up = False
+            src.give_ups = 0
+            self._advance(src)
+            return
+        src.missing.clear()
+        self._start_fetch(now)
+
+    def _on_data(self, h: wire.Header, body, data: bytes, now: float) -> None:
+        repair = bool(h.flags & wire.FLAG_REPAIR)
+        p = self._peers.get(h.sender) if repair else self._touch(h, now)
+        key = (h.sender, h.seq)
+        # Any copy of this datagram on the wire makes repairs of it redundant for a while.
+        self._holddown[key] = now + self.timers.holddown
+        if self._holder_repairs.pop(key, None) is not None:
+            self.stats.holder_repairs_cancelled += 1
+        src = self._source(h.sender, now)
+        if src is None:
+            return
+        seq = h.seq
+        if seq == 0:
+            self.stats.rejected_malformed += 1
+            return
+        if seq <= src.contiguous or seq in src.held:
+            self.stats.duplicates += 1
+            return
+        if src.anchored and seq > src.contiguous + self.timers.receive_window:
+            self.stats.rejected_window += 1
+            self._announce(src, seq, now)
+            return
+        try:
+            records = wire.decode_records(body, h.sender, *self.size)
+        except wire.DecodeError:
+            self.stats.rejected_malformed += 1
+            return
+        self.stats.data_received += 1
+        if repair:
+            self.stats.repairs_received += 1
+        if p is not None:
+            p.datagrams += 1
+        if not src.anchored and src.first_seen == 0:
+            src.first_seen = seq
+            src.contiguous = seq - 1  # provisional until the snapshot anchors it
+        if len(src.held) >= self.timers.receive_window:
+            self.stats.rejected_window += 1
+            return
+        self._announce(src, seq - 1, now)
+        miss = src.missing.pop(seq, None)
+        if miss is not None:
+            self.stats.recovered += 1
+            self.repair_latencies.append(now - miss.detected)
+            if miss.attempt:
+                self._repair_rtt += (now - miss.asked - self._repair_rtt) / 8
+        src.highest = max(src.highest, seq)
+        src.held.add(seq)
+        src.maxop[seq] = max(r.opno for r in records)
+        self._cache_put(key, wire.with_flags(data, 0) if repair else data)
+        for idx, rec in enumerate(records):
+            if not isinstance(rec, Toggle):
+                if rec.lamport >= self.lamport:
+                    self.lamport = min(rec.lamport, 0xFFFFFFFE)
+            elif not rec.valid:
+                self.stats.rejected_records += 1
+            self.board.apply(rec, h.sender, seq, idx)
+        self._advance(src)
+
+    def _advance(self, src: Source) -> None:
+        moved = False
+        while src.contiguous + 1 in src.held:
+            src.contiguous += 1
+            src.held.discard(src.contiguous)
+            op = src.maxop.pop(src.contiguous, 0)
+            if op > src.settled:
+                src.settled = op
+            moved = True
+        if moved and src.anchored:
+            # Records of opno < the largest seen are complete; that opno may continue.
+            self.board.settle(src.id, src.settled - 1)
+
+    def _on_heartbeat(self, h, body, data, now) -> None:
+        self._touch(h, now)
+        src = self._source(h.sender, now)
+        if src is not None:
+            self._announce(src, h.seq, now)
+
+    def _on_goodbye(self, h, body, data, now) -> None:
+        self._on_heartbeat(h, body, data, now)
+        p = self._peers.get(h.sender)
+        if p is not None and p.alive:
+            p.alive = False
+            self._events.append(PeerLeft(p.id, "goodbye"))
+
+    def _on_session(self, h, body, data, now) -> None:
+        s = wire.decode_session(body)
+        p = self._peers.get(h.sender)
+        if p is None:
+            if len(self._peers) >= self.timers.max_peers:
+                self.stats.rejected_cap += 1
+                return
+            p = Peer(h.sender, s.name, s.color, now)
+            self._peers[h.sender] = p
+            self._events.append(PeerJoined(p.id, p.name, p.color))
+        elif (p.name, p.color) != (s.name, s.color):
+            p.name, p.color = s.name, s.color
+            self._events.append(PeerUpdated(p.id, p.name, p.color))
+        self._touch(h, now)
+        p.joining = bool(s.flags & wire.SESSION_JOINING)
+        if not p.joining:
+            self._heard_synced_peer = True
+        p.holds = {e.source: e.contiguous for e in s.entries}
+        src = self._source(h.sender, now)
+        if src is not None:
+            self._announce(src, h.seq, now)
+        if not p.joining:
+            for e in s.entries:
+                if e.source == self.id:
+                    continue
+                other = self._sources.get(e.source)
+                if other is None and e.highest > 0:
+                    other = self._source(e.source, now)
+                if other is not None:
+                    self._announce(other, e.highest, now)
+        if s.flags & wire.SESSION_PROBE and self._probe_answer_at is None:
+            if now - self._last_probe_answer > 0.05:
+                self._probe_answer_at = now + self.rng.uniform(0, self.timers.probe_answer_max)
+
+    def _on_nack(self, h, body, data, now) -> None:
+        n = wire.decode_nack(body)
+        self._touch(h, now)
+        self.stats.nacks_received += 1
+        src = self._sources.get(n.source)
+        author_alive = n.source == self.id or (
+            n.source in self._peers and self._peers[n.source].alive)
+        if sum(c for _, c in n.ranges) > MAX_NACK_SEQS:
+            self.stats.rejected_nack += 1
+            return
+        for first, count in n.ranges:
+            for seq in range(first, first + count):
+                key = (n.source, seq)
+                # Someone asked: we need not ask for the same datagram right now.
+                if src is not None and seq in src.missing:
+                    m = src.missing[seq]
+                    m.attempt = max(m.attempt, n.attempt)
+                    m.asked = now
+                    m.due = max(m.due, now + self._retry_wait(m.attempt))
+                    self.stats.nacks_suppressed += 1
+                    continue
+                cached = self._cache.get(key)
+                if cached is None:
+                    if n.source == self.id:
+                        self.stats.rejected_nack += 1  # never sent, or evicted long ago
+                    continue
+                if self._holddown.get(key, -1.0) > now:
+                    self.stats.repairs_held_down += 1
+                    continue
+                if n.source == self.id:
+                    self._send_repair(key, cached, now)
+                elif (not author_alive or n.attempt >= 3) and key not in self._holder_repairs:
+                    self._holder_repairs[key] = now + self.rng.uniform(
+                        0, self.timers.holder_repair_max)
+
+    def _send_repair(self, key, cached: bytes, now: float) -> None:
+        if len(self._repairs) >= MAX_REPAIR_QUEUE:
+            self.stats.rejected_nack += 1
+            return
+        self._repairs.append(wire.with_flags(cached, wire.FLAG_REPAIR))
+        self._holddown[key] = now + self.timers.holddown
+        self.stats.repairs_sent += 1
+
+    def _on_cursor(self, h, body, data, now) -> None:
+        c = wire.decode_cursor(body, *self.size)
+        if self._touch(h, now) is not None:
+            self._events.append(CursorMoved(h.sender, c.x, c.y, c.hidden))
+
+    # ------------------------------------------------------------------ snapshots
+
+    def _send_snap_req(self, now: float) -> None:
+        f = self._fetch
+        f.asked_at = now
+        f.attempts += 1
+        self._control.append(wire.encode_snap_req(self.id, self.seq, self.size,
+                                                   wire.SnapReq(f.req_id, 0)))
+
+    def _start_fetch(self, now: float) -> None:
+        if self._fetch is None:
+            self._fetch = _SnapFetch(req_id=self.rng.randrange(1, 1 << 32), started=now,
+                                     asked_at=now)
+            self._send_snap_req(now)
+
+    def _on_snap_req(self, h, body, data, now) -> None:
+        r = wire.decode_snap_req(body)
+        self._touch(h, now)
+        if self.joining or r.target not in (0, self.id):
+            return
+        if len(self._snap_answers) < 64:
+            self._snap_answers[(h.sender, r.req_id)] = now + self.rng.uniform(
+                0, self.timers.snap_answer_max)
+
+    def _on_snap_meta(self, h, body, data, now) -> None:
+        m = wire.decode_snap_meta(body)
+        self._touch(h, now)
+        self._snap_answers.pop((m.target, m.req_id), None)  # someone else answers it
+        f = self._fetch
+        if f is None or m.target != self.id or m.req_id != f.req_id or f.snap_id:
+            return
+        f.server, f.snap_id, f.total, f.chunk_size = h.sender, m.snap_id, m.total_len, m.chunk_size
+        f.last_chunk = now
+
+    def _on_snap_chunk(self, h, body, data, now) -> None:
+        c = wire.decode_snap_chunk(body)
+        f = self._fetch
+        if f is None or h.sender != f.server or c.snap_id != f.snap_id or f.snap_id == 0:
+            return
+        nchunks = -(-f.total // f.chunk_size)
+        if c.index >= nchunks or c.index in f.chunks:
+            return
+        expect = f.chunk_size if c.index < nchunks - 1 else f.total - f.chunk_size * (nchunks - 1)
+        if len(c.data) != expect:
+            self.stats.rejected_snapshot += 1
+            return
+        f.chunks[c.index] = c.data
+        f.last_chunk = now
+        if len(f.chunks) == nchunks:
+            self._finish_fetch(now)
+
+    def _finish_fetch(self, now: float) -> None:
+        f = self._fetch
+        blob = b"".join(f.chunks[i] for i in range(len(f.chunks)))
+        try:
+            other, sources = store.load(blob, *self.size)
+        except store.StoreError:
+            self.stats.rejected_snapshot += 1
+            self._fetch = None
+            self._start_fetch(now)
+            return
+        if len(sources) > self.timers.max_sources:
+            self.stats.rejected_snapshot += 1
+            self._fetch = None
+            self._start_fetch(now)
+            return
+        covered = {}
+        for sid, (contig, settled) in sources.items():
+            if sid == self.id:
+                continue
+            src = self._sources.get(sid)
+            if src is None:
+                src = self._source(sid, now)
+                if src is None:
+                    continue
+            if contig > src.contiguous:
+                covered[sid] = contig
+        self.board.drop_covered(covered)
+        self.board.merge(other)
+        for sid, (contig, settled) in sources.items():
+            src = self._sources.get(sid)
+            if src is None or sid == self.id:
+                continue
+            if contig > src.contiguous:
+                src.contiguous = contig
+                src.held = {s for s in src.held if s > contig}
+                src.maxop = {s: o for s, o in src.maxop.items() if s > contig}
+                for s in [s for s in src.missing if s <= contig]:
+                    del src.missing[s]
+            src.settled = max(src.settled, settled)
+            src.given_up = False
+        self.stats.snapshots_received += 1
+        was_joining = self.joining
+        self._fetch = None
+        self._become_synced(now)
+        for src in self._sources.values():
+            self._advance(src)
+            if src.given_up or src.highest > src.contiguous:
+                # Ask again for whatever the snapshot did not cover.
+                src.given_up = False
+                progress = src.contiguous
+                high, src.highest = src.highest, src.contiguous
+                src.missing.clear()
+                self._announce(src, high, now)
+                if src.contiguous > progress:
+                    src.give_ups = 0
+        if was_joining:
+            self._events.append(JoinComplete(f.server, len(blob), now - f.started))
+
+    def _become_synced(self, now: float) -> None:
+        if not self.joining:
+            return
+        self.joining = False
+        for src in self._sources.values():
+            if not src.anchored:
+                # In no snapshot: we need it from its first datagram on.
+                src.anchored = True
+                if src.first_seen > 1:
+                    src.held.update(range(src.first_seen, src.contiguous + 1))
+                    src.contiguous = 0
+                high, src.highest = src.highest, src.contiguous
+                self._announce(src, high, now)
+                self._advance(src)
+        self._send_session(now)
+
+    def _fetch_timer(self, now: float) -> None:
+        f = self._fetch
+        t = self.timers
+        if f.snap_id == 0:
+            if now < f.asked_at + t.join_retry:
+                return
+            if self.joining and f.attempts >= t.join_attempts and not self._heard_synced_peer:
+                # Nobody answered and nobody synced is here: we are the first.
+                self._fetch = None
+                self._become_synced(now)
+                self._events.append(JoinComplete(0, 0, now - f.started))
+                return
+            if f.attempts >= 4 * t.join_attempts:
+                self._fetch = None
+                self._become_synced(now)
+                return
+            self._send_snap_req(now)
+            return
+        if now < max(f.last_chunk, f.asked_at) + t.snap_idle:
+            return
+        server = self._peers.get(f.server)
+        if (server is not None and not server.alive) or now - f.last_chunk > t.snap_give_up:
+            # The server went away: ask again from anyone.
+            self._fetch = None
+            self._start_fetch(now)
+            self._fetch.started = f.started
+            return
+        nchunks = -(-f.total // f.chunk_size)
+        missing = [i + 1 for i in range(nchunks) if i not in f.chunks]  # 1-based on the wire
+        ranges = wire.ranges_of(missing)[:wire.MAX_NACK_RANGES]
+        self._control.append(wire.encode_snap_nack(
+            self.id, self.seq, self.size,
+            wire.SnapNack(f.server, f.snap_id, tuple(ranges))))
+        f.asked_at = now
+        f.nacks += 1
+
+    def _on_snap_nack(self, h, body, data, now) -> None:
+        n = wire.decode_snap_nack(body)
+        self._touch(h, now)
+        if n.server != self.id:
+            return
+        sv = self._serve.get(n.snap_id)
+        if sv is None:
+            self.stats.rejected_nack += 1
+            return
+        sv.last_used = now
+        size = wire.SNAP_CHUNK_SIZE
+        nchunks = -(-len(sv.blob) // size)
+        queued = {bytes(d[wire.HEADER.size + 8:wire.HEADER.size + 12]) for d in self._bulk}
+        for first, count in n.ranges:
+            for i in range(first - 1, min(first - 1 + count, nchunks)):
+                if i.to_bytes(4, "big") in queued:
+                    continue
+                self._queue_chunk(sv, i, h.sender)
+
+    def _queue_chunk(self, sv: _SnapServe, i: int, target: int) -> None:
+        size = wire.SNAP_CHUNK_SIZE
+        self._bulk.append(wire.encode_snap_chunk(
+            self.id, self.seq, self.size,
+            wire.SnapChunk(target, sv.snap_id, i, sv.blob[i * size:(i + 1) * size])))
+        self.stats.snapshot_chunks_sent += 1
+
+    def _answer_snap(self, joiner: int, req_id: int, now: float) -> None:
+        recent = [s for s in self._serve.values() if now - s.built <= self.timers.snap_reuse]
+        if recent:
+            sv = recent[-1]
+            fresh = False
+        else:
+            sources = {sid: (s.contiguous, s.settled) for sid, s in self._sources.items()
+                       if s.anchored}
+            self._flush(now)
+            sources[self.id] = (self.seq, self._my_source.settled)
+            blob = store.dump(self.board, sources)
+            sv = _SnapServe(self.rng.randrange(1, 1 << 32), blob, now, now)
+            self._serve[sv.snap_id] = sv
+            fresh = True
+        sv.last_used = now
+        self.stats.snapshots_sent += 1
+        self._control.append(wire.encode_snap_meta(
+            self.id, self.seq, self.size,
+            wire.SnapMeta(joiner, req_id, sv.snap_id, len(sv.blob), wire.SNAP_CHUNK_SIZE)))
+        nchunks = -(-len(sv.blob) // wire.SNAP_CHUNK_SIZE)
+        if fresh:
+            for i in range(nchunks):
+                self._queue_chunk(sv, i, 0)
+        # A reused snapshot is in flight or done: the joiner NACKs the chunks it lacks.
+
+    # ------------------------------------------------------------------ timers
+
+    def handle_timer(self, now: float) -> None:
+        t = self.timers
+        self._now = max(self._now, now)
+        self._maybe_flush(now)
+        if self._hb_at is not None and now >= self._hb_at:
+            self._control.append(wire.encode_empty(wire.MsgType.HEARTBEAT, self.id, self.seq,
+                                                   self.size))
+            self.stats.heartbeats_sent += 1
+            self._hb_index += 1
+            if self._hb_index < len(t.heartbeats):
+                self._hb_at = now + t.heartbeats[self._hb_index] - t.heartbeats[self._hb_index - 1]
+            else:
+                self._hb_at = None
+        if now >= self._session_at or (self._probe_answer_at is not None
+                                       and now >= self._probe_answer_at):
+            if self._probe_answer_at is not None and now >= self._probe_answer_at:
+                self._last_probe_answer = now
+            self._send_session(now)
+        if now >= self._next_expiry:
+            self._expire(now)
+        for src in list(self._sources.values()):
+            if src.missing:
+                self._nack_timer(src, now)
+        for key, due in list(self._holder_repairs.items()):
+            if now >= due:
+                del self._holder_repairs[key]
+                cached = self._cache.get(key)
+                if cached is not None and self._holddown.get(key, -1.0) <= now:
+                    self._send_repair(key, cached, now)
+        for (joiner, req_id), due in list(self._snap_answers.items()):
+            if now >= due:
+                del self._snap_answers[(joiner, req_id)]
+                self._answer_snap(joiner, req_id, now)
+        if self._fetch is not None:
+            self._fetch_timer(now)
+
+    def _nack_delay(self) -> float:
+        """First NACK delay: truncated exponential on [0, nack_max] (Nonnenmacher and
+        Biersack, as in NORM). Few receivers draw short delays, so the first NACK usually
+        goes out alone and suppresses the rest, even with many receivers."""
+        lam = math.log(max(2, len(self._peers) + 1)) + 1.0
+        u = self.rng.random()
+        return self.timers.nack_max / lam * math.log1p(u * math.expm1(lam))
+
+    def _retry_wait(self, attempt: int) -> float:
+        t = self.timers
+        base = max(t.retry_min, 2 * self._repair_rtt + 0.001)
+        return min(t.retry_max, base * (2 ** max(0, attempt - 1))) * self.rng.uniform(1, 1.25)
+
+    def _nack_timer(self, src: Source, now: float) -> None:
+        due = sorted(s for s, m in src.missing.items() if m.due <= now)
+        if not due:
+            return
+        t = self.timers
+        attempt = 1
+        for s in due:
+            m = src.missing[s]
+            m.attempt += 1
+            m.asked = now
+            attempt = max(attempt, m.attempt)
+            m.due = now + self._retry_wait(m.attempt)
+        if attempt > t.max_attempts:
+            self._give_up(src, len(src.missing), now)
+            return
+        ranges = wire.ranges_of(due)
+        for i in range(0, len(ranges), wire.MAX_NACK_RANGES):
+            nack = wire.Nack(src.id, attempt, tuple(ranges[i:i + wire.MAX_NACK_RANGES]))
+            self._control.append(wire.encode_nack(self.id, self.seq, self.size, nack))
+            self.stats.nacks_sent += 1
+
+    def _send_session(self, now: float, probe: bool = False) -> None:
+        flags = (wire.SESSION_JOINING if self.joining else 0) | (wire.SESSION_PROBE if probe else 0)
+        others = [s for sid, s in self._sources.items() if sid != self.id and s.anchored]
+        if len(others) > wire.MAX_SESSION_ENTRIES:
+            start = getattr(self, "_rotate", 0) % len(others)
+            self._rotate = start + wire.MAX_SESSION_ENTRIES
+            others = (others[start:] + others[:start])[:wire.MAX_SESSION_ENTRIES]
+        entries = tuple(wire.SourceEntry(s.id, s.contiguous, max(s.highest, s.contiguous))
+                        for s in others)
+        self._control.append(wire.encode_session(
+            self.id, self.seq, self.size,
+            wire.Session(self.config.name, self.config.color, flags, entries)))
+        self.stats.sessions_sent += 1
+        self._probe_answer_at = None
+        self._session_at = now + self.timers.session_interval * self.rng.uniform(0.8, 1.2)
+
+    def _expire(self, now: float) -> None:
+        self._next_expiry = now + 0.5
+        for p in self._peers.values():
+            if p.alive and now - p.last_heard > self.timers.peer_timeout:
+                p.alive = False
+                self._events.append(PeerLeft(p.id, "timeout"))
+        if len(self._peers) > self.timers.max_peers // 2:
+            for pid in [pid for pid, p in self._peers.items()
+                        if not p.alive and now - p.last_heard > 10 * self.timers.peer_timeout]:
+                del self._peers[pid]
+        for k in [k for k, until in self._holddown.items() if until <= now]:
+            del self._holddown[k]
+        for sid in [sid for sid, sv in self._serve.items()
+                    if now - sv.last_used > self.timers.snap_keep]:
+            del self._serve[sid]
+
+    def _cache_put(self, key: tuple[int, int], data: bytes) -> None:
+        if key in self._cache:
+            return
+        self._cache[key] = data
+        self._cache_bytes += len(data)
+        while self._cache_bytes > self.timers.repair_cache_bytes:
+            _, old = self._cache.popitem(last=False)
+            self._cache_bytes -= len(old)
+
+    _handlers = {
+        wire.MsgType.DATA: _on_data,
+        wire.MsgType.HEARTBEAT: _on_heartbeat,
+        wire.MsgType.SESSION: _on_session,
+        wire.MsgType.NACK: _on_nack,
+        wire.MsgType.GOODBYE: _on_goodbye,
+        wire.MsgType.SNAP_REQ: _on_snap_req,
+        wire.MsgType.SNAP_META: _on_snap_meta,
+        wire.MsgType.SNAP_CHUNK: _on_snap_chunk,
+        wire.MsgType.SNAP_NACK: _on_snap_nack,
+        wire.MsgType.CURSOR: _on_cursor,
+    }
+
+
+#: Depth of the local undo stack (the issue asks for at least 100).
+UNDO_DEPTH = 200
+#: A NACK may ask for at most this many datagrams; more is an amplification attempt.
+MAX_NACK_SEQS = 2048
+MAX_REPAIR_QUEUE = 8192
+#: Snapshots asked for one source's gaps before they are declared lost.
+GIVE_UPS = 3
+_TYPES = frozenset(int(t) for t in wire.MsgType)

@@ -1,0 +1,606 @@
+"""The wire format: every datagram p2pboard sends, as bytes, and back.
+
+Layout (network byte order, see docs/PROTOCOL.md for the full table):
+
+    header  magic "PB" | version u8 | type u8 | flags u8 | sender u32 | seq u32 | width u16 | height u16
+
+``seq`` is the sender's data sequence number: the datagram's own number in DATA, the
+sender's highest data number in every other message (so each message also reports tail
+loss). ``width`` and ``height`` are the sender's canvas: a peer with another size is told
+apart at once, never merged into the wrong board.
+
+A DATA datagram carries one or more records (paint, image, clear, toggle; see ops.py),
+packed until the datagram is full. Pixel sets travel as a bitmap over their bounding box,
+zlib-compressed when that is smaller, or as a list of points when sparse; images as
+zlib-compressed rows after PNG's "Sub" filter. Every record is complete by itself.
+
+Decoding treats every byte as hostile: each length is checked before use, decompression is
+bounded by the exact size expected, positions are checked against the canvas, and all
+failures raise :class:`DecodeError` with the numbers in the message.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .ops import Clear, Color, Image, Paint, Record, Toggle
+
+MAGIC = b"PB"
+VERSION = 1
+#: Largest UDP payload we send or accept: survives VPNs, tunnels and Wi-Fi unfragmented.
+MAX_DATAGRAM = 1200
+
+HEADER = struct.Struct("!2sBBBIIHH")
+BODY_BUDGET = MAX_DATAGRAM - HEADER.size
+
+# Records in DATA datagrams.
+REC_PAINT = 1
+REC_IMAGE = 2
+REC_CLEAR = 3
+REC_TOGGLE = 4
+PAINT_REC = struct.Struct("!BIIIBHHHHH")  # kind lamport opno rgba enc x0 y0 w h len
+IMAGE_REC = struct.Struct("!BIIHHHHBH")  # kind lamport opno x y w h enc len
+CLEAR_REC = struct.Struct("!BII")  # kind lamport opno
+TOGGLE_REC = struct.Struct("!BIIB")  # kind opno target visible
+
+PIX_BITMAP = 0  # np.packbits of the bbox mask, row-major
+PIX_BITMAP_Z = 1  # the same, zlib-compressed
+PIX_POINTS = 2  # u16 (dx, dy) pairs relative to the bbox origin
+
+IMG_RAW = 0  # rows of RGBA
+IMG_SUB_Z = 1  # PNG Sub filter per row, then zlib
+
+#: Largest image piece in pixels: bounds the memory one datagram can make us allocate.
+MAX_IMAGE_PIECE = 1 << 18
+ZLEVEL = 6
+
+# Control message bodies.
+SESSION_HEAD = struct.Struct("!IBB")  # rgba flags n_entries ; then name
+SESSION_ENTRY = struct.Struct("!III")  # source contiguous highest
+MAX_NAME_BYTES = 48
+MAX_SESSION_ENTRIES = 64
+NACK_HEAD = struct.Struct("!IBB")  # source attempt n_ranges
+RANGE = struct.Struct("!IH")  # first count
+MAX_NACK_RANGES = 64
+MAX_RANGE_COUNT = 4096
+SNAP_REQ = struct.Struct("!II")  # req_id target
+SNAP_META = struct.Struct("!IIIIH")  # target req_id snap_id total_len chunk_size
+SNAP_CHUNK = struct.Struct("!III")  # target snap_id index ; then bytes
+SNAP_NACK_HEAD = struct.Struct("!IIB")  # server snap_id n_ranges
+CURSOR = struct.Struct("!HHB")  # x y flags
+MAX_SNAPSHOT = 256 << 20
+SNAP_CHUNK_SIZE = BODY_BUDGET - SNAP_CHUNK.size
+
+FLAG_REPAIR = 0x01  # header flag: a retransmission (by the author or another holder)
+SESSION_PROBE = 0x01  # session flag: "answer with your session message soon"
+SESSION_JOINING = 0x02  # session flag: still waiting for the board from the others
+
+
+class MsgType(enum.IntEnum):
+    DATA = 1
+    HEARTBEAT = 2
+    SESSION = 3
+    NACK = 4
+    GOODBYE = 5
+    SNAP_REQ = 6
+    SNAP_META = 7
+    SNAP_CHUNK = 8
+    SNAP_NACK = 9
+    CURSOR = 10
+
+
+class DecodeError(ValueError):
+    """A datagram (or part of one) that is not valid p2pboard data."""
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    version: int
+    type: int
+    flags: int
+    sender: int  #: the datagram's author (for repairs: the original author)
+    seq: int  #: DATA: this datagram's number; otherwise the sender's highest
+    width: int
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class SourceEntry:
+    """One line of a session message: what the sender holds of one source."""
+
+    source: int
+    contiguous: int  #: every datagram up to here is held
+    highest: int  #: highest datagram number seen
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """Periodic announcement: who I am and what I hold."""
+
+    name: str
+    color: Color
+    flags: int
+    entries: tuple[SourceEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    source: int  #: whose datagrams are missing
+    attempt: int  #: 1 for the first request; later attempts invite other holders to repair
+    ranges: tuple[tuple[int, int], ...]  #: (first seq, count)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapReq:
+    req_id: int
+    target: int  #: peer asked, 0 for anyone
+
+
+@dataclass(frozen=True, slots=True)
+class SnapMeta:
+    target: int  #: the requester
+    req_id: int
+    snap_id: int
+    total_len: int
+    chunk_size: int
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.total_len // self.chunk_size)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapChunk:
+    target: int
+    snap_id: int
+    index: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SnapNack:
+    server: int
+    snap_id: int
+    ranges: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    x: int
+    y: int
+    hidden: bool
+
+
+# ---------------------------------------------------------------------------- header
+
+
+def encode_header(mtype: int, sender: int, seq: int, size: tuple[int, int], flags: int = 0) -> bytes:
+    return HEADER.pack(MAGIC, VERSION, mtype, flags, sender, seq, size[0], size[1])
+
+
+def decode_header(data: bytes) -> Header:
+    if len(data) < HEADER.size:
+        raise DecodeError(f"datagram of {len(data)} bytes is shorter than the {HEADER.size}-byte header")
+    if len(data) > MAX_DATAGRAM:
+        raise DecodeError(f"datagram of {len(data)} bytes is over the {MAX_DATAGRAM}-byte limit")
+    magic, version, mtype, flags, sender, seq, width, height = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise DecodeError(f"bad magic {magic!r}")
+    return Header(version, mtype, flags, sender, seq, width, height)
+
+
+def with_flags(datagram: bytes, flags: int) -> bytes:
+    """The same datagram with other header flags (a repair re-sends the original bytes)."""
+    b = bytearray(datagram)
+    b[4] = flags
+    return bytes(b)
+
+
+# ---------------------------------------------------------------------------- pixel sets
+
+
+def _bbox_of(index: np.ndarray, width: int) -> tuple[int, int, int, int, np.ndarray, np.ndarray]:
+    ys, xs = np.divmod(index, width)
+    x0, y0 = int(xs.min()), int(ys.min())
+    return x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1, xs, ys
+
+
+def _encode_pixel_set(index: np.ndarray, width: int) -> tuple[int, int, int, int, int, bytes]:
+    """The smallest encoding of a non-empty sorted pixel set: (enc, x0, y0, w, h, payload)."""
+    x0, y0, w, h, xs, ys = _bbox_of(index, width)
+    n = len(index)
+    points_len = 4 * n
+    bitmap_len = (w * h + 7) // 8
+    if points_len <= bitmap_len // 8 or points_len <= 16:
+        pts = np.empty((n, 2), dtype=">u2")
+        pts[:, 0] = xs - x0
+        pts[:, 1] = ys - y0
+        return PIX_POINTS, x0, y0, w, h, pts.tobytes()
+    mask = np.zeros(w * h, dtype=bool)
+    mask[(ys - y0) * w + (xs - x0)] = True
+    raw = np.packbits(mask).tobytes()
+    z = zlib.compress(raw, ZLEVEL)
+    if len(z) < len(raw) and len(z) < points_len:
+        return PIX_BITMAP_Z, x0, y0, w, h, z
+    if points_len < len(raw):
+        pts = np.empty((n, 2), dtype=">u2")
+        pts[:, 0] = xs - x0
+        pts[:, 1] = ys - y0
+        return PIX_POINTS, x0, y0, w, h, pts.tobytes()
+    return PIX_BITMAP, x0, y0, w, h, raw
+
+
+def _decode_pixel_set(enc: int, x0: int, y0: int, w: int, h: int, payload: bytes,
+                      width: int, height: int) -> np.ndarray:
+    if w == 0 or h == 0 or x0 + w > width or y0 + h > height:
+        raise DecodeError(f"pixel box {w}x{h}+{x0}+{y0} is not on the {width}x{height} canvas")
+    nbits = w * h
+    nbytes = (nbits + 7) // 8
+    if enc == PIX_POINTS:
+        if len(payload) % 4 or not payload:
+            raise DecodeError(f"point list of {len(payload)} bytes is not whole (x, y) pairs")
+        pts = np.frombuffer(payload, dtype=">u2").reshape(-1, 2).astype(np.int64)
+        if int(pts[:, 0].max()) >= w or int(pts[:, 1].max()) >= h:
+            raise DecodeError("a point lies outside its record's box")
+        index = np.unique((pts[:, 1] + y0) * width + pts[:, 0] + x0)
+        return index
+    if enc == PIX_BITMAP_Z:
+        d = zlib.decompressobj()
+        try:
+            raw = d.decompress(payload, nbytes)
+        except zlib.error as err:
+            raise DecodeError(f"bad compressed bitmap: {err}") from err
+        if len(raw) != nbytes or d.unconsumed_tail or not d.eof:
+            raise DecodeError(f"compressed bitmap does not hold exactly {nbytes} bytes")
+    elif enc == PIX_BITMAP:
+        raw = payload
+        if len(raw) != nbytes:
+            raise DecodeError(f"bitmap of {len(raw)} bytes for a {w}x{h} box needs {nbytes}")
+    else:
+        raise DecodeError(f"unknown pixel encoding {enc}")
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=nbits)
+    local = np.flatnonzero(bits)
+    if local.size == 0:
+        raise DecodeError("empty pixel set")
+    ly, lx = np.divmod(local, w)
+    return (ly + y0) * width + lx + x0
+
+
+# ---------------------------------------------------------------------------- records
+
+
+def _rgba_u32(color: Color) -> int:
+    r, g, b, a = color
+    return (r << 24) | (g << 16) | (b << 8) | a
+
+
+def _u32_rgba(v: int) -> Color:
+    return ((v >> 24) & 255, (v >> 16) & 255, (v >> 8) & 255, v & 255)
+
+
+def encode_paint(p: Paint, width: int, budget: int = BODY_BUDGET) -> list[tuple[bytes, Paint]]:
+    """A paint fragment as one or more records of at most ``budget`` bytes, each with the
+    fragment it carries (what a receiver will decode from it)."""
+    index = p.index
+    if index.size == 0:
+        return []
+    out: list[tuple[bytes, Paint]] = []
+    stack = [index]
+    while stack:
+        part = stack.pop()
+        enc, x0, y0, w, h, payload = _encode_pixel_set(part, width)
+        if PAINT_REC.size + len(payload) <= budget:
+            rec = PAINT_REC.pack(REC_PAINT, p.lamport, p.opno, _rgba_u32(p.color), enc,
+                                 x0, y0, w, h, len(payload)) + payload
+            out.append((rec, p if part is index else Paint(p.author, p.opno, p.lamport,
+                                                          p.color, part)))
+            continue
+        if len(part) == 1:  # cannot happen with sane budgets; refuse rather than loop
+            raise ValueError(f"budget {budget} too small for one pixel")
+        # Split between rows where possible so both halves keep compact boxes.
+        rows = part // width
+        cut = int(np.searchsorted(rows, rows[len(part) // 2]))
+        if cut == 0 or cut == len(part):
+            cut = len(part) // 2
+        stack.append(part[cut:])
+        stack.append(part[:cut])
+    return out
+
+
+def _sub_filter(rgba: np.ndarray) -> np.ndarray:
+    f = rgba.copy()
+    f[:, 1:] -= rgba[:, :-1]
+    return f
+
+
+def _encode_image_piece(rgba: np.ndarray) -> tuple[int, bytes]:
+    z = zlib.compress(np.ascontiguousarray(_sub_filter(rgba)).tobytes(), ZLEVEL)
+    raw_len = rgba.size
+    if len(z) < raw_len:
+        return IMG_SUB_Z, z
+    return IMG_RAW, rgba.tobytes()
+
+
+def encode_image(img: Image, budget: int = BODY_BUDGET) -> list[tuple[bytes, Image]]:
+    """An image fragment as records of at most ``budget`` bytes, each a band of rows or
+    a run within a row. The band size adapts to how well the image compresses."""
+    rgba = img.rgba
+    h, w = rgba.shape[:2]
+    room = budget - IMAGE_REC.size
+    out: list[tuple[bytes, Image]] = []
+    bpp = 4.0  # estimated bytes per pixel after compression
+    y = 0
+    while y < h:
+        x = 0
+        while x < w:
+            want = max(1, int(room / bpp * 0.92))
+            want = min(want, MAX_IMAGE_PIECE)
+            if x == 0 and want >= w:
+                rows = min(h - y, want // w)
+                cols = w
+            else:
+                rows = 1
+                cols = min(w - x, want)
+            while True:
+                piece = rgba[y:y + rows, x:x + cols]
+                enc, payload = _encode_image_piece(piece)
+                if len(payload) <= room:
+                    break
+                # Too big: shrink (rows first, then columns) and retry.
+                if rows > 1:
+                    rows = max(1, rows // 2)
+                else:
+                    cols = max(1, cols * room // len(payload) * 9 // 10)
+            rec = IMAGE_REC.pack(REC_IMAGE, img.lamport, img.opno, img.x + x, img.y + y,
+                                 cols, rows, enc, len(payload)) + payload
+            out.append((rec, Image(img.author, img.opno, img.lamport, img.x + x, img.y + y,
+                                   piece)))
+            bpp = 0.5 * bpp + 0.5 * max(0.02, len(payload) / (rows * cols))
+            x += cols
+            if rows > 1 or cols == w:
+                break
+        y += rows
+    return out
+
+
+def encode_clear(c: Clear) -> bytes:
+    return CLEAR_REC.pack(REC_CLEAR, c.lamport, c.opno)
+
+
+def encode_toggle(t: Toggle) -> bytes:
+    return TOGGLE_REC.pack(REC_TOGGLE, t.opno, t.target, 1 if t.visible else 0)
+
+
+def encode_record(rec: Record, width: int, budget: int = BODY_BUDGET) -> list[tuple[bytes, Record]]:
+    """A record as wire pieces, each paired with the record a receiver decodes from it."""
+    if isinstance(rec, Paint):
+        return encode_paint(rec, width, budget)
+    if isinstance(rec, Image):
+        return encode_image(rec, budget)
+    if isinstance(rec, Clear):
+        return [(encode_clear(rec), rec)]
+    if isinstance(rec, Toggle):
+        return [(encode_toggle(rec), rec)]
+    raise TypeError(f"not a record: {rec!r}")
+
+
+def decode_records(body: memoryview | bytes, author: int, width: int, height: int) -> list[Record]:
+    """Every record of a DATA body. Raises DecodeError if any part is invalid: a datagram
+    is applied whole or not at all."""
+    body = memoryview(body)
+    out: list[Record] = []
+    pos = 0
+    end = len(body)
+    if end == 0:
+        raise DecodeError("DATA datagram without records")
+    while pos < end:
+        kind = body[pos]
+        if kind == REC_PAINT:
+            if end - pos < PAINT_REC.size:
+                raise DecodeError(f"paint record truncated at {pos}")
+            _, lamport, opno, rgba, enc, x0, y0, w, h, n = PAINT_REC.unpack_from(body, pos)
+            pos += PAINT_REC.size
+            if end - pos < n:
+                raise DecodeError(f"paint payload of {n} bytes but {end - pos} left")
+            index = _decode_pixel_set(enc, x0, y0, w, h, bytes(body[pos:pos + n]), width, height)
+            pos += n
+            out.append(Paint(author, opno, lamport, _u32_rgba(rgba), index))
+        elif kind == REC_IMAGE:
+            if end - pos < IMAGE_REC.size:
+                raise DecodeError(f"image record truncated at {pos}")
+            _, lamport, opno, x, y, w, h, enc, n = IMAGE_REC.unpack_from(body, pos)
+            pos += IMAGE_REC.size
+            if end - pos < n:
+                raise DecodeError(f"image payload of {n} bytes but {end - pos} left")
+            if w == 0 or h == 0 or x + w > width or y + h > height:
+                raise DecodeError(f"image {w}x{h}+{x}+{y} is not on the {width}x{height} canvas")
+            if w * h > MAX_IMAGE_PIECE:
+                raise DecodeError(f"image piece of {w * h} pixels is over {MAX_IMAGE_PIECE}")
+            need = w * h * 4
+            payload = bytes(body[pos:pos + n])
+            pos += n
+            if enc == IMG_RAW:
+                if len(payload) != need:
+                    raise DecodeError(f"raw image of {len(payload)} bytes needs {need}")
+                rgba = np.frombuffer(payload, dtype=np.uint8).reshape(h, w, 4)
+            elif enc == IMG_SUB_Z:
+                d = zlib.decompressobj()
+                try:
+                    raw = d.decompress(payload, need)
+                except zlib.error as err:
+                    raise DecodeError(f"bad compressed image: {err}") from err
+                if len(raw) != need or d.unconsumed_tail or not d.eof:
+                    raise DecodeError(f"compressed image does not hold exactly {need} bytes")
+                f = np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 4)
+                rgba = np.cumsum(f, axis=1, dtype=np.uint8)
+            else:
+                raise DecodeError(f"unknown image encoding {enc}")
+            out.append(Image(author, opno, lamport, x, y, rgba))
+        elif kind == REC_CLEAR:
+            if end - pos < CLEAR_REC.size:
+                raise DecodeError(f"clear record truncated at {pos}")
+            _, lamport, opno = CLEAR_REC.unpack_from(body, pos)
+            pos += CLEAR_REC.size
+            out.append(Clear(author, opno, lamport))
+        elif kind == REC_TOGGLE:
+            if end - pos < TOGGLE_REC.size:
+                raise DecodeError(f"toggle record truncated at {pos}")
+            _, opno, target, visible = TOGGLE_REC.unpack_from(body, pos)
+            pos += TOGGLE_REC.size
+            if visible > 1:
+                raise DecodeError(f"toggle visibility {visible} is not 0 or 1")
+            out.append(Toggle(author, opno, target, bool(visible)))
+        else:
+            raise DecodeError(f"unknown record kind {kind} at {pos}")
+    return out
+
+
+# ---------------------------------------------------------------------------- control
+
+
+def encode_session(sender: int, seq: int, size: tuple[int, int], s: Session) -> bytes:
+    name = s.name.encode("utf-8")[:MAX_NAME_BYTES]
+    entries = s.entries[:MAX_SESSION_ENTRIES]
+    parts = [encode_header(MsgType.SESSION, sender, seq, size),
+             SESSION_HEAD.pack(_rgba_u32(s.color), s.flags, len(entries)),
+             bytes([len(name)]), name]
+    parts += [SESSION_ENTRY.pack(e.source, e.contiguous, e.highest) for e in entries]
+    return b"".join(parts)
+
+
+def decode_session(body: memoryview | bytes) -> Session:
+    body = bytes(body)
+    if len(body) < SESSION_HEAD.size + 1:
+        raise DecodeError(f"session body of {len(body)} bytes is truncated")
+    rgba, flags, n = SESSION_HEAD.unpack_from(body)
+    pos = SESSION_HEAD.size
+    nl = body[pos]
+    pos += 1
+    if nl > MAX_NAME_BYTES or len(body) < pos + nl:
+        raise DecodeError(f"name of {nl} bytes does not fit")
+    name = body[pos:pos + nl].decode("utf-8", errors="replace")
+    name = "".join(ch for ch in name if ch.isprintable())
+    pos += nl
+    if n > MAX_SESSION_ENTRIES or len(body) != pos + n * SESSION_ENTRY.size:
+        raise DecodeError(f"session with {n} entries has {len(body) - pos} bytes for them")
+    entries = []
+    for i in range(n):
+        src, contiguous, highest = SESSION_ENTRY.unpack_from(body, pos + i * SESSION_ENTRY.size)
+        if contiguous > highest:
+            raise DecodeError(f"entry for {src:08x}: contiguous {contiguous} > highest {highest}")
+        entries.append(SourceEntry(src, contiguous, highest))
+    return Session(name, _u32_rgba(rgba), flags, tuple(entries))
+
+
+def _encode_ranges(ranges) -> bytes:
+    return b"".join(RANGE.pack(first, count) for first, count in ranges)
+
+
+def _decode_ranges(body: bytes, pos: int, n: int) -> tuple[tuple[int, int], ...]:
+    if n == 0 or n > MAX_NACK_RANGES or len(body) != pos + n * RANGE.size:
+        raise DecodeError(f"{n} ranges in {len(body) - pos} bytes")
+    out = []
+    for i in range(n):
+        first, count = RANGE.unpack_from(body, pos + i * RANGE.size)
+        if count == 0 or count > MAX_RANGE_COUNT or first == 0 or first + count - 1 > 0xFFFFFFFF:
+            raise DecodeError(f"absurd range: first {first} count {count}")
+        out.append((first, count))
+    return tuple(out)
+
+
+def encode_nack(sender: int, seq: int, size, n: Nack) -> bytes:
+    ranges = n.ranges[:MAX_NACK_RANGES]
+    return (encode_header(MsgType.NACK, sender, seq, size)
+            + NACK_HEAD.pack(n.source, min(n.attempt, 255), len(ranges)) + _encode_ranges(ranges))
+
+
+def decode_nack(body) -> Nack:
+    body = bytes(body)
+    if len(body) < NACK_HEAD.size:
+        raise DecodeError("NACK truncated")
+    source, attempt, n = NACK_HEAD.unpack_from(body)
+    return Nack(source, attempt, _decode_ranges(body, NACK_HEAD.size, n))
+
+
+def encode_snap_req(sender, seq, size, r: SnapReq) -> bytes:
+    return encode_header(MsgType.SNAP_REQ, sender, seq, size) + SNAP_REQ.pack(r.req_id, r.target)
+
+
+def decode_snap_req(body) -> SnapReq:
+    if len(body) != SNAP_REQ.size:
+        raise DecodeError(f"snapshot request of {len(body)} bytes")
+    return SnapReq(*SNAP_REQ.unpack_from(body))
+
+
+def encode_snap_meta(sender, seq, size, m: SnapMeta) -> bytes:
+    return encode_header(MsgType.SNAP_META, sender, seq, size) + SNAP_META.pack(
+        m.target, m.req_id, m.snap_id, m.total_len, m.chunk_size)
+
+
+def decode_snap_meta(body) -> SnapMeta:
+    if len(body) != SNAP_META.size:
+        raise DecodeError(f"snapshot offer of {len(body)} bytes")
+    m = SnapMeta(*SNAP_META.unpack_from(body))
+    if not 0 < m.total_len <= MAX_SNAPSHOT or not 0 < m.chunk_size <= SNAP_CHUNK_SIZE:
+        raise DecodeError(f"snapshot of {m.total_len} bytes in chunks of {m.chunk_size}")
+    return m
+
+
+def encode_snap_chunk(sender, seq, size, c: SnapChunk) -> bytes:
+    return (encode_header(MsgType.SNAP_CHUNK, sender, seq, size)
+            + SNAP_CHUNK.pack(c.target, c.snap_id, c.index) + c.data)
+
+
+def decode_snap_chunk(body) -> SnapChunk:
+    if len(body) < SNAP_CHUNK.size + 1:
+        raise DecodeError(f"snapshot chunk of {len(body)} bytes")
+    target, snap_id, index = SNAP_CHUNK.unpack_from(body)
+    return SnapChunk(target, snap_id, index, bytes(body[SNAP_CHUNK.size:]))
+
+
+def encode_snap_nack(sender, seq, size, n: SnapNack) -> bytes:
+    ranges = n.ranges[:MAX_NACK_RANGES]
+    return (encode_header(MsgType.SNAP_NACK, sender, seq, size)
+            + SNAP_NACK_HEAD.pack(n.server, n.snap_id, len(ranges)) + _encode_ranges(ranges))
+
+
+def decode_snap_nack(body) -> SnapNack:
+    body = bytes(body)
+    if len(body) < SNAP_NACK_HEAD.size:
+        raise DecodeError("snapshot NACK truncated")
+    server, snap_id, n = SNAP_NACK_HEAD.unpack_from(body)
+    return SnapNack(server, snap_id, _decode_ranges(body, SNAP_NACK_HEAD.size, n))
+
+
+def encode_cursor(sender, seq, size, c: Cursor) -> bytes:
+    return encode_header(MsgType.CURSOR, sender, seq, size) + CURSOR.pack(c.x, c.y, int(c.hidden))
+
+
+def decode_cursor(body, width: int, height: int) -> Cursor:
+    if len(body) != CURSOR.size:
+        raise DecodeError(f"cursor of {len(body)} bytes")
+    x, y, flags = CURSOR.unpack_from(body)
+    if x >= width or y >= height:
+        raise DecodeError(f"cursor at {x},{y} is off the canvas")
+    return Cursor(x, y, bool(flags & 1))
+
+
+def encode_empty(mtype: int, sender: int, seq: int, size) -> bytes:
+    return encode_header(mtype, sender, seq, size)
+
+
+def ranges_of(seqs: list[int]) -> list[tuple[int, int]]:
+    """Sorted sequence numbers as (first, count) runs, counts capped for the wire."""
+    out: list[tuple[int, int]] = []
+    for s in seqs:
+        if out and out[-1][0] + out[-1][1] == s and out[-1][1] < MAX_RANGE_COUNT:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((s, 1))
+    return out
+

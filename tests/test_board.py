@@ -1,0 +1,316 @@
+"""The board CRDT, checked against a naive oracle: any order, duplicates, folding, snapshots
+and merges must give the oracle's pixels."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pboard import board as board_mod
+from p2pboard import store
+from p2pboard.board import Board
+from p2pboard.ops import BACKGROUND, Clear, Image, Paint, Toggle
+
+W, H = 16, 12
+WINDOW = 4  # a small undo window, so folding happens in small tests
+
+
+@pytest.fixture(autouse=True)
+def small_window(monkeypatch):
+    import p2pboard.ops as ops
+    monkeypatch.setattr(ops, "UNDO_WINDOW", WINDOW)
+    monkeypatch.setattr(board_mod, "UNDO_WINDOW", WINDOW)
+    monkeypatch.setattr(store, "UNDO_WINDOW", WINDOW)
+
+
+def make_history(rng: random.Random, authors=(1, 2, 3), n_ops=30):
+    """Records (author, seq, idx, rec) of a plausible history: each author numbers its
+    operations 1, 2, 3 ...; big operations are split over several datagrams."""
+    recs = []
+    state = {a: dict(opno=0, seq=0, mine=[]) for a in authors}
+    lamport = 0
+    for _ in range(n_ops):
+        a = rng.choice(authors)
+        s = state[a]
+        s["opno"] += 1
+        # Equal lamports across authors happen (the author id breaks the tie); one author
+        # never reuses one.
+        lamport = max(lamport + rng.randrange(0, 2), s.get("lamport", 0) + 1)
+        s["lamport"] = lamport
+        kind = rng.random()
+        if kind < 0.2 and s["mine"]:
+            target = rng.choice([t for t in s["mine"] if s["opno"] - t <= WINDOW] or [None])
+            if target is not None:
+                s["seq"] += 1
+                recs.append((a, s["seq"], 0, Toggle(a, s["opno"], target, rng.random() < 0.4)))
+                continue
+        if kind < 0.25:
+            rec_list = [Clear(a, s["opno"], lamport)]
+        elif kind < 0.4:
+            x, y = rng.randrange(W - 3), rng.randrange(H - 3)
+            rgba = np.array([[[rng.randrange(256) for _ in range(4)] for _ in range(3)]
+                             for _ in range(2)], dtype=np.uint8)
+            rec_list = [Image(a, s["opno"], lamport, x, y, rgba),
+                        Image(a, s["opno"], lamport, x, y + 2, rgba[:1].copy())]
+        else:
+            color = (rng.randrange(256), rng.randrange(256), rng.randrange(256), 255)
+            pix = np.unique(np.array([rng.randrange(W * H) for _ in range(rng.randrange(1, 40))]))
+            cut = rng.randrange(len(pix) + 1)
+            rec_list = [Paint(a, s["opno"], lamport, color, p) for p in (pix[:cut], pix[cut:])
+                        if len(p)]
+        s["mine"].append(s["opno"])
+        for i, r in enumerate(rec_list):
+            if i == 0 or rng.random() < 0.5:
+                s["seq"] += 1
+                idx = 0
+            else:
+                idx = 1
+            recs.append((a, s["seq"], idx, r))
+    return recs
+
+
+def oracle(recs) -> np.ndarray:
+    """Pixels by the definition: highest-stamped visible fragment per pixel."""
+    regs = {}
+    for a, _, _, r in recs:
+        if isinstance(r, Toggle) and r.valid:
+            cur = regs.get((a, r.target))
+            if cur is None or r.opno > cur[0]:
+                regs[(a, r.target)] = (r.opno, r.visible)
+    col = np.zeros((H * W, 4), np.uint8)
+    col[:] = BACKGROUND
+    frags = [r for _, _, _, r in recs if not isinstance(r, Toggle)
+             and regs.get((r.author, r.opno), (0, True))[1]]
+    for r in sorted(frags, key=lambda r: r.stamp):
+        if isinstance(r, Paint):
+            col[r.index] = r.color
+        elif isinstance(r, Clear):
+            col[:] = BACKGROUND
+        else:
+            h, w = r.rgba.shape[:2]
+            col.reshape(H, W, 4)[r.y:r.y + h, r.x:r.x + w] = r.rgba
+    return col.reshape(H, W, 4)
+
+
+def apply_all(b: Board, recs, rng: random.Random | None = None, settle=True) -> None:
+    """Apply in the given order; settle each author as far as what we hold allows."""
+    held = {}
+    total = {}
+    for a, _, _, r in recs:
+        total.setdefault(a, {}).setdefault(r.opno, 0)
+        total[a][r.opno] += 1
+    for a, seq, idx, r in recs:
+        b.apply(r, a, seq, idx)
+        if rng is not None and rng.random() < 0.2:
+            b.apply(r, a, seq, idx)  # a duplicate
+        if not settle:
+            continue
+        got = held.setdefault((a, r.opno), set())
+        got.add((seq, idx))
+        k = 0
+        while k + 1 in total[a] and len(held.get((a, k + 1), ())) == total[a][k + 1]:
+            k += 1
+        b.settle(a, k)
+
+
+def dedup(recs):
+    seen, out = set(), []
+    for r in recs:
+        if r[:3] not in seen:
+            seen.add(r[:3])
+            out.append(r)
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 2**32))
+def test_any_order_with_duplicates_gives_the_oracle(seed):
+    rng = random.Random(seed)
+    recs = make_history(rng)
+    want = oracle(recs)
+    for _ in range(2):
+        order = recs[:]
+        rng.shuffle(order)
+        b = Board(W, H)
+        apply_all(b, order, rng)
+        assert np.array_equal(b.pixels, want), seed
+    assert b.rejected == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32))
+def test_snapshot_round_trip_keeps_undo_state(seed):
+    rng = random.Random(seed)
+    recs = make_history(rng, n_ops=40)
+    cut = rng.randrange(len(recs) + 1)
+    first, rest = recs[:cut], recs[cut:]
+    b = Board(W, H)
+    apply_all(b, first)
+    blob = store.dump(b, {1: (5, 3), 2: (0, 0)})
+    c, sources = store.load(blob, W, H)
+    assert sources == {1: (5, 3), 2: (0, 0)}
+    assert c.digest() == b.digest()
+    assert np.array_equal(c.stamps, b.stamps)
+    # Whatever comes next (undo of logged operations included) lands the same on both.
+    for x in (b, c):
+        for a, seq, idx, r in rest:
+            x.apply(r, a, seq, idx)
+    assert c.digest() == b.digest()
+    assert np.array_equal(b.pixels, oracle(recs))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32))
+def test_merge_of_two_partial_boards_is_the_union(seed):
+    rng = random.Random(seed)
+    recs = make_history(rng)
+    part1 = [r for r in recs if rng.random() < 0.7]
+    part2 = [r for r in recs if rng.random() < 0.7]
+    union = dedup(part1 + part2)
+
+    def build(part):
+        b = Board(W, H)
+        apply_all(b, part)
+        return b
+
+    ab, ba = build(part1), build(part2)
+    ab.merge(build(part2))
+    ba.merge(build(part1))
+    assert ab.digest() == ba.digest()
+    # Settling needs complete prefixes, so compare with a board that got the union.
+    u = Board(W, H)
+    apply_all(u, union, settle=False)
+    assert np.array_equal(u.pixels, oracle(union))
+
+
+def test_undo_redo_of_one_operation_restores_what_was_under_it():
+    b = Board(W, H)
+    under = Paint(1, 1, 1, (1, 2, 3, 255), np.arange(10, 20))
+    over = Paint(2, 1, 2, (9, 9, 9, 255), np.arange(15, 30))
+    b.apply(under, 1, 1, 0)
+    b.apply(over, 2, 1, 0)
+    assert tuple(b.pixels.reshape(-1, 4)[16]) == (9, 9, 9, 255)
+    b.apply(Toggle(2, 2, 1, False), 2, 2, 0)
+    assert tuple(b.pixels.reshape(-1, 4)[16]) == (1, 2, 3, 255)
+    assert tuple(b.pixels.reshape(-1, 4)[25]) == BACKGROUND
+    b.apply(Toggle(2, 3, 1, True), 2, 3, 0)
+    assert tuple(b.pixels.reshape(-1, 4)[25]) == (9, 9, 9, 255)
+    # An older toggle arriving late changes nothing.
+    assert not b.apply(Toggle(2, 2, 1, False), 2, 2, 0)
+
+
+def test_clear_hides_older_and_undoing_it_brings_them_back():
+    b = Board(W, H)
+    b.apply(Paint(1, 1, 1, (1, 2, 3, 255), np.arange(5)), 1, 1, 0)
+    b.apply(Clear(2, 1, 2), 2, 1, 0)
+    b.apply(Paint(1, 2, 3, (7, 7, 7, 255), np.arange(3, 4)), 1, 2, 0)
+    px = b.pixels.reshape(-1, 4)
+    assert tuple(px[0]) == BACKGROUND and tuple(px[3]) == (7, 7, 7, 255)
+    b.apply(Toggle(2, 2, 1, False), 2, 2, 0)
+    assert tuple(px[0]) == (1, 2, 3, 255)
+
+
+def test_bad_records_are_refused():
+    b = Board(W, H)
+    before = b.digest()
+    assert not b.apply(Paint(1, 1, 1, (0, 0, 0, 255), np.array([W * H])), 1, 1, 0)
+    assert not b.apply(Paint(1, 1, 1, (0, 0, 0, 255), np.array([-1, 3])), 1, 1, 1)
+    assert not b.apply(Image(1, 2, 1, W - 1, 0, np.zeros((1, 2, 4), np.uint8)), 1, 2, 0)
+    assert not b.apply(Toggle(1, 5, 5, False), 1, 3, 0)  # a toggle of itself
+    assert not b.apply(Paint(2, 1, 1, (0, 0, 0, 255), np.array([1])), 1, 4, 0)  # not its own
+    assert b.rejected == 5
+    assert b.digest() == before
+
+
+def test_toggle_registers_are_capped(monkeypatch):
+    monkeypatch.setattr(board_mod, "MAX_TOGGLES", 10)
+    b = Board(W, H)
+    for i in range(20):
+        b.apply(Toggle(1, 1000 + i, 1000 + i - 1, False), 1, i + 1, 0)
+    assert b._ntoggles == 10 and b.rejected == 10
+
+
+def test_log_cap_forces_folds_but_keeps_pixels(monkeypatch):
+    monkeypatch.setattr(board_mod, "LOG_PIXEL_CAP", 100)
+    b = Board(W, H)
+    recs = [(1, i + 1, 0, Paint(1, i + 1, i + 1, (i, i, i, 255), np.arange(i, i + 60)))
+            for i in range(10)]
+    apply_all(b, recs, settle=False)
+    assert b.live_pixels <= 100 and b.forced_folds >= 8
+    assert np.array_equal(b.pixels, oracle(recs))
+
+
+def test_take_dirty_covers_changes():
+    b = Board(W, H)
+    assert b.take_dirty() is None
+    b.apply(Paint(1, 1, 1, (0, 0, 0, 255), np.array([2 * W + 3, 5 * W + 7])), 1, 1, 0)
+    assert b.take_dirty() == (3, 2, 8, 6)
+    assert b.take_dirty() is None
+
+
+def test_pixels_are_read_only():
+    b = Board(W, H)
+    with pytest.raises(ValueError):
+        b.pixels[0, 0, 0] = 1
+
+
+# ---------------------------------------------------------------- store: hostile bytes
+
+def sample_blob(seed=3):
+    b = Board(W, H)
+    apply_all(b, make_history(random.Random(seed), n_ops=25))
+    return store.dump(b, {1: (3, 2)})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_corrupt_or_truncated_state_raises_store_error_only(data):
+    blob = bytearray(sample_blob())
+    how = data.draw(st.sampled_from(["truncate", "flip", "garbage"]))
+    if how == "truncate":
+        blob = blob[:data.draw(st.integers(0, len(blob) - 1))]
+    elif how == "flip":
+        i = data.draw(st.integers(0, len(blob) - 1))
+        blob[i] ^= 1 << data.draw(st.integers(0, 7))
+    else:
+        blob = data.draw(st.binary(max_size=200))
+    try:
+        b, _ = store.load(bytes(blob), W, H)
+    except store.StoreError:
+        return
+    assert b.pixels.shape == (H, W, 4)  # a flip in a length field may still decode
+
+
+def _raw_blob(raw: bytes, declared: int | None = None) -> bytes:
+    import zlib
+    return store._OUTER.pack(store.MAGIC, len(raw) if declared is None else declared) + \
+        zlib.compress(raw)
+
+
+def test_state_bombs_and_lies_are_refused():
+    import zlib
+    # declared length far beyond any board of this size: refused before decompressing
+    with pytest.raises(store.StoreError, match="larger"):
+        store.load(store._OUTER.pack(store.MAGIC, 1 << 40) + zlib.compress(b"x"), W, H)
+    # decompresses to more than declared
+    with pytest.raises(store.StoreError):
+        store.load(_raw_blob(b"\0" * 10_000, declared=100), W, H)
+    # wrong board size
+    with pytest.raises(store.StoreError, match="16x12"):
+        store.load(sample_blob(), W * 2, H)
+    # absurd counts in the header
+    head = store._HEAD.pack(store._RAW_MAGIC, W, H, 0, 0, 0, store.MAX_ENTRIES + 1, 1, 0, 0)
+    with pytest.raises(store.StoreError):
+        store.load(_raw_blob(head), W, H)
+    head = store._HEAD.pack(store._RAW_MAGIC, W, H, 1 << 31, 0, 0, 0, 1, 0, 0)
+    with pytest.raises(store.StoreError):
+        store.load(_raw_blob(head), W, H)
+
+
+def test_blank_full_board_state_is_small():
+    b = Board(1920, 1080)
+    assert len(store.dump(b, {})) < 64_000

@@ -1,0 +1,74 @@
+"""The shared stroke rasteriser: exact, symmetric, clipped, the same as a slow reference."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pboard import raster
+
+W, H = 40, 30
+
+
+def reference(p0, p1, width):
+    """Pixel centres within width/2 of the segment, in exact rational arithmetic."""
+    (x0, y0), (x1, y1) = p0, p1
+    out = []
+    r2 = Fraction(width, 2) ** 2
+    dx, dy = x1 - x0, y1 - y0
+    dd = dx * dx + dy * dy
+    for y in range(H):
+        for x in range(W):
+            if dd == 0:
+                t = Fraction(0)
+            else:
+                t = min(max(Fraction((x - x0) * dx + (y - y0) * dy, dd), Fraction(0)), Fraction(1))
+            cx, cy = x0 + t * dx, y0 + t * dy
+            if (x - cx) ** 2 + (y - cy) ** 2 <= r2:
+                out.append(y * W + x)
+    return np.array(out, dtype=np.int64)
+
+
+coord = st.integers(-10, 50)
+
+
+@settings(max_examples=150, deadline=None)
+@given(coord, coord, coord, coord, st.integers(1, 12))
+def test_segment_matches_exact_reference(x0, y0, x1, y1, width):
+    got = raster.segment_pixels((x0, y0), (x1, y1), width, W, H)
+    assert np.array_equal(got, reference((x0, y0), (x1, y1), width))
+    # direction does not matter
+    assert np.array_equal(got, raster.segment_pixels((x1, y1), (x0, y0), width, W, H))
+
+
+def test_small_shapes():
+    assert raster.stroke_pixels([(5, 5)], 1, W, H).tolist() == [5 * W + 5]
+    plus = raster.stroke_pixels([(5, 5)], 2, W, H)
+    assert sorted(plus.tolist()) == sorted([5 * W + 5, 4 * W + 5, 6 * W + 5, 5 * W + 4, 5 * W + 6])
+    row = raster.stroke_pixels([(2, 3), (9, 3)], 1, W, H)
+    assert row.tolist() == list(range(3 * W + 2, 3 * W + 10))
+
+
+def test_stroke_is_union_of_segments_and_clipped():
+    pts = [(-5, -5), (20, 10), (45, 35)]
+    got = raster.stroke_pixels(pts, 5, W, H)
+    want = np.union1d(raster.segment_pixels(pts[0], pts[1], 5, W, H),
+                      raster.segment_pixels(pts[1], pts[2], 5, W, H))
+    assert np.array_equal(got, want)
+    assert got.min() >= 0 and got.max() < W * H
+    assert raster.stroke_pixels([(-100, -100), (-50, -90)], 10, W, H).size == 0
+
+
+def test_points_and_limits():
+    got = raster.points_pixels([(1, 1), (1, 1), (-1, 0), (W, 0), (0, 2)], W, H)
+    assert got.tolist() == [W + 1, 2 * W]
+    with pytest.raises(ValueError):
+        raster.stroke_pixels([(0, 0)], 0, W, H)
+    with pytest.raises(ValueError):
+        raster.stroke_pixels([(0, 0)], raster.MAX_WIDTH + 1, W, H)
+    with pytest.raises(ValueError):
+        raster.stroke_pixels([(0, 0), (10**9, 0)], 3, W, H)

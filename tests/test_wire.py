@@ -1,0 +1,192 @@
+"""The wire codec: round trips, and hostile bytes that must raise DecodeError and nothing else."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from p2pboard import wire
+from p2pboard.ops import Clear, Image, Paint, Toggle
+
+W, H = 200, 120
+SIZE = (W, H)
+ME = 0xA1B2C3D4
+
+
+def _datagram(records: list[bytes], seq: int = 7) -> bytes:
+    return wire.encode_header(wire.MsgType.DATA, ME, seq, SIZE) + b"".join(records)
+
+
+def decode(records: list[bytes]):
+    return wire.decode_records(_datagram(records)[wire.HEADER.size:], ME, W, H)
+
+
+pixel_sets = st.lists(st.tuples(st.integers(0, W - 1), st.integers(0, H - 1)), min_size=1,
+                      max_size=400).map(lambda pts: np.unique(np.array([y * W + x for x, y in pts],
+                                                                       dtype=np.int64)))
+colors = st.tuples(*[st.integers(0, 255)] * 4)
+
+
+@given(pixel_sets, colors, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
+@settings(max_examples=200, deadline=None)
+def test_paint_round_trip(index, color, lamport, opno):
+    p = Paint(ME, opno, lamport, color, index)
+    pieces = wire.encode_paint(p, W)
+    got = []
+    for rec, frag in pieces:
+        assert len(rec) <= wire.BODY_BUDGET
+        (dec,) = decode([rec])
+        assert (dec.author, dec.opno, dec.lamport, dec.color) == (ME, opno, lamport, color)
+        assert np.array_equal(dec.index, frag.index)
+        got.append(dec.index)
+    assert np.array_equal(np.sort(np.concatenate(got)), index)
+
+
+def test_big_paint_splits_into_datagrams():
+    rng = np.random.default_rng(1)
+    index = np.unique(rng.integers(0, W * H, 9000))
+    pieces = wire.encode_paint(Paint(ME, 1, 1, (1, 2, 3, 4), index), W)
+    assert len(pieces) > 1
+    assert all(len(r) <= wire.BODY_BUDGET for r, _ in pieces)
+    assert np.array_equal(np.sort(np.concatenate([f.index for _, f in pieces])), index)
+
+
+def test_stroke_costs_well_under_a_byte_per_pixel():
+    # a solid 12-pixel-wide band, like a brush stroke
+    ys, xs = np.mgrid[40:52, 10:190]
+    index = np.sort((ys * W + xs).ravel())
+    pieces = wire.encode_paint(Paint(ME, 1, 1, (0, 0, 0, 255), index), W)
+    nbytes = sum(len(r) for r, _ in pieces)
+    assert nbytes < 0.1 * index.size
+
+
+@given(st.integers(1, 60), st.integers(1, 40), st.integers(0, 50), st.integers(0, 30),
+       st.sampled_from(["noise", "flat", "gradient"]))
+@settings(max_examples=60, deadline=None)
+def test_image_round_trip(w, h, x, y, kind):
+    rng = np.random.default_rng(w * 1000 + h)
+    if kind == "noise":
+        rgba = rng.integers(0, 256, (h, w, 4), dtype=np.uint8)
+    elif kind == "flat":
+        rgba = np.full((h, w, 4), 77, np.uint8)
+    else:
+        rgba = (np.arange(h * w * 4) % 251).astype(np.uint8).reshape(h, w, 4)
+    img = Image(ME, 3, 9, x, y, rgba)
+    board = np.zeros((H, W, 4), np.uint8)
+    for rec, frag in wire.encode_image(img):
+        assert len(rec) <= wire.BODY_BUDGET
+        (dec,) = decode([rec])
+        assert np.array_equal(dec.rgba, frag.rgba)
+        hh, ww = dec.rgba.shape[:2]
+        board[dec.y:dec.y + hh, dec.x:dec.x + ww] = dec.rgba
+    assert np.array_equal(board[y:y + h, x:x + w], rgba)
+
+
+def test_records_share_a_datagram():
+    recs = [wire.encode_clear(Clear(ME, 1, 5)), wire.encode_toggle(Toggle(ME, 2, 1, False)),
+            wire.encode_toggle(Toggle(ME, 3, 1, True))]
+    got = decode(recs)
+    assert got[0] == Clear(ME, 1, 5)
+    assert got[1] == Toggle(ME, 2, 1, False) and got[2].visible
+
+
+def test_control_messages_round_trip():
+    s = wire.Session("ada", (1, 2, 3, 255), wire.SESSION_PROBE,
+                     (wire.SourceEntry(5, 10, 12), wire.SourceEntry(6, 0, 0)))
+    d = wire.encode_session(ME, 42, SIZE, s)
+    h = wire.decode_header(d)
+    assert (h.type, h.sender, h.seq, h.width, h.height) == (wire.MsgType.SESSION, ME, 42, W, H)
+    assert wire.decode_session(d[wire.HEADER.size:]) == s
+    n = wire.Nack(5, 2, ((3, 4), (100, 1)))
+    assert wire.decode_nack(wire.encode_nack(ME, 1, SIZE, n)[wire.HEADER.size:]) == n
+    m = wire.SnapMeta(9, 8, 7, 123456, wire.SNAP_CHUNK_SIZE)
+    assert wire.decode_snap_meta(wire.encode_snap_meta(ME, 1, SIZE, m)[wire.HEADER.size:]) == m
+    c = wire.SnapChunk(9, 7, 3, b"xyz")
+    assert wire.decode_snap_chunk(wire.encode_snap_chunk(ME, 1, SIZE, c)[wire.HEADER.size:]) == c
+    sn = wire.SnapNack(9, 7, ((1, 5),))
+    assert wire.decode_snap_nack(wire.encode_snap_nack(ME, 1, SIZE, sn)[wire.HEADER.size:]) == sn
+    cur = wire.Cursor(5, 6, False)
+    assert wire.decode_cursor(wire.encode_cursor(ME, 1, SIZE, cur)[wire.HEADER.size:], W, H) == cur
+
+
+@pytest.mark.parametrize("bad", [
+    b"", b"PB", b"XX" + bytes(15), bytes(2000),
+])
+def test_bad_headers(bad):
+    with pytest.raises(wire.DecodeError):
+        wire.decode_header(bad)
+
+
+def test_hostile_records():
+    good = wire.encode_paint(Paint(ME, 1, 1, (0, 0, 0, 255), np.arange(50, dtype=np.int64)), W)
+    rec = good[0][0]
+    cases = [
+        rec[:-1],  # truncated payload
+        rec[:10],  # truncated head
+        bytes([99]) + rec[1:],  # unknown kind
+        # box off the canvas
+        wire.PAINT_REC.pack(wire.REC_PAINT, 1, 1, 0, wire.PIX_BITMAP, W - 1, 0, 8, 1, 1) + b"\xff",
+        # zip bomb: a compressed bitmap that inflates past its box
+        (lambda z: wire.PAINT_REC.pack(wire.REC_PAINT, 1, 1, 0, wire.PIX_BITMAP_Z, 0, 0, 8, 8,
+                                       len(z)) + z)(zlib.compress(bytes(1 << 20))),
+        # empty pixel set
+        wire.PAINT_REC.pack(wire.REC_PAINT, 1, 1, 0, wire.PIX_BITMAP, 0, 0, 8, 1, 1) + b"\x00",
+        # points outside their box
+        wire.PAINT_REC.pack(wire.REC_PAINT, 1, 1, 0, wire.PIX_POINTS, 0, 0, 2, 2, 4)
+        + b"\x00\x05\x00\x00",
+        # image larger than the canvas / than a piece may be
+        wire.IMAGE_REC.pack(wire.REC_IMAGE, 1, 1, 0, 0, W + 1, 1, wire.IMG_RAW, 0),
+        wire.IMAGE_REC.pack(wire.REC_IMAGE, 1, 1, 0, 0, 2, 2, wire.IMG_RAW, 3) + b"abc",
+        wire.TOGGLE_REC.pack(wire.REC_TOGGLE, 2, 1, 7),
+    ]
+    for bad in cases:
+        with pytest.raises(wire.DecodeError):
+            decode([bad])
+
+
+@given(st.binary(max_size=1300))
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_random_bytes_never_crash(data):
+    try:
+        h = wire.decode_header(data)
+    except wire.DecodeError:
+        return
+    body = data[wire.HEADER.size:]
+    for fn in (lambda: wire.decode_records(body, ME, W, H), lambda: wire.decode_session(body),
+               lambda: wire.decode_nack(body), lambda: wire.decode_snap_meta(body),
+               lambda: wire.decode_snap_chunk(body), lambda: wire.decode_snap_nack(body),
+               lambda: wire.decode_cursor(body, W, H), lambda: wire.decode_snap_req(body)):
+        try:
+            fn()
+        except wire.DecodeError:
+            pass
+    assert h.version >= 0
+
+
+@given(st.data())
+@settings(max_examples=300, deadline=None)
+def test_mutated_datagrams_never_crash(data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 10_000)))
+    index = np.unique(rng.integers(0, W * H, 300))
+    recs = [r for r, _ in wire.encode_paint(Paint(ME, 1, 1, (0, 0, 0, 255), index), W)][:1]
+    img = rng.integers(0, 256, (5, 9, 4), dtype=np.uint8)
+    recs += [r for r, _ in wire.encode_image(Image(ME, 2, 2, 3, 4, img))][:1]
+    blob = bytearray(b"".join(recs))
+    for _ in range(data.draw(st.integers(1, 8))):
+        i = data.draw(st.integers(0, len(blob) - 1))
+        blob[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(blob)))
+    try:
+        recs_out = wire.decode_records(bytes(blob[:cut]), ME, W, H)
+    except wire.DecodeError:
+        return
+    for r in recs_out:
+        if isinstance(r, Paint):
+            assert r.index.min() >= 0 and r.index.max() < W * H
+        if isinstance(r, Image):
+            h, w = r.rgba.shape[:2]
+            assert r.x + w <= W and r.y + h <= H
