@@ -686,6 +686,7 @@ class Engine:
     def _on_session(self, h, body, data, now) -> None:
         s = wire.decode_session(body)
         p = self._peers.get(h.sender)
+        new = p is None
         if p is None:
             if len(self._peers) >= self.timers.max_peers:
                 self.stats.rejected_cap += 1
@@ -713,7 +714,8 @@ class Engine:
                     other = self._source(e.source, now)
                 if other is not None:
                     self._announce(other, e.highest, now)
-        if s.flags & wire.SESSION_PROBE and self._probe_answer_at is None:
+        # A probe, or a newcomer that does not know us yet: tell it about us soon.
+        if (new or s.flags & wire.SESSION_PROBE) and self._probe_answer_at is None:
             if now - self._last_probe_answer > 0.05:
                 self._probe_answer_at = now + self.rng.uniform(0, self.timers.probe_answer_max)
 
@@ -1026,7 +1028,9 @@ class Engine:
     def _retry_wait(self, attempt: int) -> float:
         t = self.timers
         base = max(t.retry_min, 2 * self._repair_rtt + 0.001)
-        return min(t.retry_max, base * (2 ** max(0, attempt - 1))) * self.rng.uniform(1, 1.25)
+        # After the wait, the same randomised suppression as the first NACK: a lost repair
+        # must not make every receiver ask again at once.
+        return min(t.retry_max, base * (2 ** max(0, attempt - 1))) + self._nack_delay()
 
     def _nack_timer(self, src: Source, now: float) -> None:
         due = sorted(s for s, m in src.missing.items() if m.due <= now)

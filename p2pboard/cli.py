@@ -1,0 +1,145 @@
+"""The command line: ``p2pboard [options]``. Exit status 2 for a bad flag, 1 for a failure."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_RATE, Config, ConfigError, parse_size
+from .events import (JoinComplete, PeerJoined, PeerLeft, SizeMismatch, Unrecoverable,
+                     VersionMismatch)
+
+log = logging.getLogger("p2pboard")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="p2pboard",
+        description="A whiteboard shared by everyone on the local network: no server, no "
+                    "account. Peers on the same group and port find each other by multicast.")
+    p.add_argument("--group", default=DEFAULT_GROUP, metavar="ADDR",
+                   help=f"IPv4 multicast group of the board (default {DEFAULT_GROUP})")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="N",
+                   help=f"UDP port of the board (default {DEFAULT_PORT})")
+    p.add_argument("--iface", default=None, metavar="ADDR",
+                   help="IPv4 address of the network interface to use (default: the system's "
+                        "default interface for multicast)")
+    p.add_argument("--ttl", type=int, default=1, metavar="N",
+                   help="multicast TTL; 1 (the default) keeps the board on this network")
+    p.add_argument("--name", default=None, help="your name as the others see it "
+                   "(default user@host)")
+    p.add_argument("--size", default="1920x1080", metavar="WxH",
+                   help="canvas size; every peer of a board must use the same (default 1920x1080)")
+    p.add_argument("--rate", type=int, default=DEFAULT_RATE, metavar="BYTES_PER_S",
+                   help=f"send rate limit in bytes per second (default {DEFAULT_RATE})")
+    p.add_argument("--headless", action="store_true",
+                   help="run a full peer without a window until interrupted")
+    p.add_argument("--save", default=None, metavar="FILE.png",
+                   help="write the board to this PNG file when stopping")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    p.add_argument("--version", action="version", version=f"p2pboard {__version__}")
+    return p
+
+
+def parse_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
+    try:
+        size = parse_size(args.size)
+        kw = dict(group=args.group, port=args.port, iface=args.iface, ttl=args.ttl,
+                  size=size, rate=args.rate)
+        if args.name is not None:
+            kw["name"] = args.name
+        config = Config(**kw)
+    except ConfigError as err:
+        parser.error(str(err))
+    if args.save is not None:
+        path = Path(args.save)
+        if path.suffix.lower() != ".png":
+            parser.error(f"--save {args.save}: the file name must end in .png")
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            parser.error(f"--save {args.save}: folder {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            parser.error(f"--save {args.save}: folder {parent} is not writable")
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = parse_config(args, parser)
+    logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO
+                        if args.verbose or args.headless else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.headless:
+        try:
+            return asyncio.run(run_headless(config, args.save))
+        except KeyboardInterrupt:
+            return 0
+    try:
+        from .ui import app
+    except ImportError as err:
+        print(f"p2pboard: the window needs Kivy ({err}). Install it with "
+              "pip install 'p2pboard[ui]' (scripts/run.sh does), or run a peer without a "
+              "window with --headless.", file=sys.stderr)
+        return 1
+    return app.run(config, save=args.save)
+
+
+async def run_headless(config: Config, save: str | None) -> int:
+    from .api import start_board
+    from .net.sockets import MulticastSetupError
+
+    try:
+        board = await start_board(config=config, wait_join=False)
+    except (MulticastSetupError, OSError) as err:
+        print(f"p2pboard: cannot join {config.group}:{config.port}: {err}", file=sys.stderr)
+        return 1
+
+    def on_event(ev) -> None:
+        if isinstance(ev, PeerJoined):
+            log.info("peer %s (%08x) joined", ev.name, ev.peer)
+        elif isinstance(ev, PeerLeft):
+            log.info("peer %08x left (%s)", ev.peer, ev.reason)
+        elif isinstance(ev, JoinComplete):
+            if ev.source:
+                log.info("got the board from %08x: %d bytes in %.2f s", ev.source, ev.nbytes,
+                         ev.seconds)
+            else:
+                log.info("nobody else is here yet: starting a new board")
+        elif isinstance(ev, SizeMismatch):
+            log.error("peer %s (%08x) uses a %dx%d canvas, we use %dx%d: its drawing is "
+                      "ignored; start both with the same --size", ev.name or "?", ev.peer,
+                      *ev.size, *config.size)
+        elif isinstance(ev, VersionMismatch):
+            log.error("peer %08x speaks protocol version %d: its datagrams are ignored",
+                      ev.peer, ev.version)
+        elif isinstance(ev, Unrecoverable):
+            log.warning("%d datagrams of %08x could not be repaired: asking for a snapshot",
+                        ev.count, ev.source)
+
+    board.on_event(on_event)
+    log.info("headless peer %s (%08x) on %s:%d, canvas %dx%d; stop with Ctrl+C",
+             config.name, board.id, config.group, config.port, *config.size)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # Windows
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+    await stop.wait()
+    await board.aclose()
+    if save:
+        board.save_png(save)
+        log.info("saved the board to %s", save)
+    s = board.stats
+    log.info("sent %d datagrams, received %d; gaps %d, NACKs %d, repairs %d, rejected %d",
+             s["datagrams_sent"], s["datagrams_received"], s["gaps"], s["nacks_sent"],
+             s["repairs_sent"], sum(v for k, v in s.items() if k.startswith("rejected_")))
+    return 0

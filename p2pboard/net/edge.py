@@ -1,0 +1,184 @@
+"""The asyncio edge: owns the one multicast socket and drives the engine.
+
+It reads every datagram that is waiting (a batch per wake-up, so a burst costs one loop
+iteration, not one per datagram), passes each with ``now=loop.time()`` to the engine,
+sends what the engine wants sent, and keeps exactly one timer armed at the engine's next
+deadline. A bad datagram can never stop it: the engine counts and drops, and anything
+unexpected is logged (the first few times) and survived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Callable
+
+from ..events import Event
+from ..session import Engine
+
+log = logging.getLogger("p2pboard.net")
+
+RECV_SIZE = 2048  # larger than any valid datagram, so oversized ones are seen and dropped
+READ_BATCH = 512  # datagrams read per wake-up before yielding to the loop
+
+
+class Edge:
+    def __init__(self, engine: Engine, sock: socket.socket, dest: tuple[str, int],
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.engine = engine
+        self.sock = sock
+        self.dest = dest
+        self.loop = loop or asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._backlog: list[bytes] = []
+        self._writer = False
+        self._listeners: list[Callable[[Event], None]] = []
+        self._faults = 0
+        self.send_errors = 0
+        self.closed = False
+
+    def start(self) -> None:
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+        self.pump()
+
+    def add_listener(self, fn: Callable[[Event], None]) -> None:
+        self._listeners.append(fn)
+
+    # -------------------------------------------------------------- receive
+
+    def _readable(self) -> None:
+        recv = self.sock.recv
+        engine = self.engine
+        now = self.loop.time()
+        for _ in range(READ_BATCH):
+            try:
+                data = recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as err:  # e.g. ICMP errors reported on the socket
+                self._fault("receive failed: %s", err)
+                break
+            try:
+                engine.receive_datagram(data, now)
+            except Exception:  # noqa: BLE001 - a bug must not take the peer down
+                self._fault("engine failed on a datagram", exc_info=True)
+        self.pump()
+
+    # -------------------------------------------------------------- send and timers
+
+    def pump(self) -> None:
+        """Send what is due, deliver events, re-arm the timer."""
+        if self.closed:
+            return
+        now = self.loop.time()
+        try:
+            out = self.engine.datagrams_to_send(now)
+        except Exception:  # noqa: BLE001
+            self._fault("engine failed preparing datagrams", exc_info=True)
+            out = []
+        if out:
+            self._send(out)
+        self._deliver_events()
+        self._arm()
+
+    def _send(self, datagrams: list[bytes]) -> None:
+        if self._backlog:
+            self._backlog.extend(datagrams)
+            return
+        for i, d in enumerate(datagrams):
+            try:
+                self.sock.sendto(d, self.dest)
+            except (BlockingIOError, InterruptedError):
+                self._backlog = list(datagrams[i:])
+                if not self._writer:
+                    self.loop.add_writer(self.sock.fileno(), self._writable)
+                    self._writer = True
+                return
+            except OSError as err:
+                self.send_errors += 1
+                if err.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENODEV,
+                                 errno.EADDRNOTAVAIL):
+                    if self.send_errors in (1, 100, 10_000):
+                        log.warning("cannot send to %s:%d: %s (no network or no route for "
+                                    "multicast?)", *self.dest, err.strerror)
+                else:
+                    self._fault("send failed: %s", err)
+
+    def _writable(self) -> None:
+        backlog, self._backlog = self._backlog, []
+        self.loop.remove_writer(self.sock.fileno())
+        self._writer = False
+        self._send(backlog)
+
+    def _arm(self) -> None:
+        at = self.engine.get_timer()
+        if at == self._timer_at and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            self._timer = self.loop.call_at(max(at, self.loop.time()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            self.engine.handle_timer(self.loop.time())
+        except Exception:  # noqa: BLE001
+            self._fault("engine failed in a timer", exc_info=True)
+        self.pump()
+
+    def _deliver_events(self) -> None:
+        while (ev := self.engine.next_event()) is not None:
+            for fn in list(self._listeners):
+                try:
+                    fn(ev)
+                except Exception:  # noqa: BLE001 - a listener's bug is its own
+                    log.exception("event listener failed on %r", ev)
+
+    def _fault(self, msg: str, *args, exc_info: bool = False) -> None:
+        self._faults += 1
+        if self._faults <= 5 or self._faults % 1000 == 0:
+            log.error(msg + " (fault %d)", *args, self._faults, exc_info=exc_info)
+
+    # -------------------------------------------------------------- close
+
+    def flush_blocking(self, timeout: float = 0.5) -> None:
+        """Push out everything queued, ignoring the pacer's wait (used when closing)."""
+        backlog, self._backlog = self._backlog, []
+        self.sock.setblocking(True)
+        self.sock.settimeout(timeout)
+        try:
+            for d in backlog:
+                self.sock.sendto(d, self.dest)
+            now = self.loop.time()
+            for _ in range(10_000):
+                out = self.engine.datagrams_to_send(now)
+                if not out:
+                    now += 0.001
+                    if not self.engine.has_pending():
+                        break
+                    continue
+                for d in out:
+                    self.sock.sendto(d, self.dest)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        try:
+            self.loop.remove_reader(self.sock.fileno())
+            if self._writer:
+                self.loop.remove_writer(self.sock.fileno())
+        except (ValueError, OSError):
+            pass
+        self.sock.close()

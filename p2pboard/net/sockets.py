@@ -1,0 +1,175 @@
+"""The one UDP multicast socket of a peer, set up to the known pitfalls on each platform.
+
+* **Membership** is joined with the 8-byte ``ip_mreq`` (group, interface address), which
+  every platform accepts; ``ip_mreqn`` exists only on Linux.
+* **Interface**: with ``iface`` given, it is used both to join (``ip_mreq``) and to send
+  (``IP_MULTICAST_IF``); otherwise the system's default multicast route decides both.
+* **Binding**: on Linux and macOS the socket binds to the group address, so only that
+  group's datagrams arrive; Windows cannot bind to a multicast address, so it binds to
+  INADDR_ANY. On Linux ``IP_MULTICAST_ALL`` is turned off as well: without it a socket bound
+  to a port receives every group joined by *any* socket on that port.
+* **Reuse**: ``SO_REUSEADDR`` everywhere and ``SO_REUSEPORT`` where it exists (macOS and
+  the BSDs need it for several peers on one port of one host; Linux has both).
+* **Loop**: ``IP_MULTICAST_LOOP`` on, so peers on the same host hear each other (Windows
+  applies it on the receiving side, the others on the sending side: every peer sets it).
+* **TTL** 1 by default (the LAN only); BSD and macOS want it as one byte.
+* **Buffers**: a large receive buffer is asked for and what the kernel granted is reported
+  (Linux caps it at ``net.core.rmem_max`` and reports double the usable size).
+
+Tested on Linux (CI, in network namespaces). The macOS and Windows branches follow their
+documented behaviour and have not been run.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass
+
+IS_WINDOWS = sys.platform.startswith("win")
+IS_BSD = sys.platform == "darwin" or "bsd" in sys.platform
+#: Linux's IP_MULTICAST_ALL (missing from older Python builds).
+IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
+
+
+class MulticastSetupError(OSError):
+    """The socket could not be set up (no such interface, no multicast route ...)."""
+
+    def __init__(self, message: str, interfaces: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        #: (name, IPv4 address) of the interfaces one could pick instead
+        self.interfaces = interfaces or []
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class SocketInfo:
+    group: str
+    port: int
+    iface: str | None
+    rcvbuf_requested: int
+    rcvbuf_granted: int
+    sndbuf_granted: int
+
+
+def _check_group(group: str) -> None:
+    try:
+        addr = ipaddress.IPv4Address(group)
+    except ValueError:
+        raise ValueError(f"group {group!r} is not an IPv4 address") from None
+    if not addr.is_multicast:
+        raise ValueError(f"group {group} is not a multicast address (224.0.0.0/4)")
+
+
+def open_multicast_socket(group: str, port: int, iface: str | None = None, *, ttl: int = 1,
+                          rcvbuf: int = 8 << 20, sndbuf: int = 1 << 20,
+                          loop: bool = True) -> tuple[socket.socket, SocketInfo]:
+    """A non-blocking UDP socket joined to ``group`` on ``port``, sending to it via
+    ``iface`` (an interface's IPv4 address; None for the default)."""
+    _check_group(group)
+    if iface is not None:
+        ipaddress.IPv4Address(iface)  # ValueError for a non-address
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    step = "create the socket"
+    try:
+        step = "allow several peers on one port"
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT") and not IS_WINDOWS:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        step = "set the buffer sizes"
+        for opt, size in ((socket.SO_RCVBUF, rcvbuf), (socket.SO_SNDBUF, sndbuf)):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, size)
+            except OSError:
+                pass  # keep the default; reported below
+        step = f"bind to port {port}"
+        sock.bind(("" if IS_WINDOWS else group, port))
+        if sys.platform.startswith("linux"):
+            step = "turn off IP_MULTICAST_ALL"
+            sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
+        step = f"join {group} on {iface or 'the default interface'}"
+        mreq = struct.pack("4s4s", socket.inet_aton(group),
+                           socket.inet_aton(iface or "0.0.0.0"))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+        if iface is not None:
+            step = f"send through {iface}"
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(iface))
+        step = "set the TTL and loop"
+        if IS_BSD:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, struct.pack("B", ttl))
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP,
+                            struct.pack("B", int(loop)))
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, int(loop))
+        sock.setblocking(False)
+        info = SocketInfo(group, port, iface, rcvbuf,
+                          sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+                          sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+    except OSError as err:
+        sock.close()
+        names = list_ipv4_interfaces()
+        hint = ""
+        if names:
+            hint = "; interfaces: " + ", ".join(f"{n} {a}" for n, a in names)
+        raise MulticastSetupError(
+            f"cannot {step} for board {group}:{port}: {err.strerror or err}{hint}",
+            names) from err
+    return sock, info
+
+
+def list_ipv4_interfaces() -> list[tuple[str, str]]:
+    """(name, address) of this machine's IPv4 interfaces, best effort; never raises."""
+    try:
+        if sys.platform.startswith("linux") and shutil.which("ip"):
+            out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True,
+                                 text=True, timeout=5).stdout
+            found = re.findall(r"^\d+:\s+(\S+)\s+inet\s+([\d.]+)/", out, re.M)
+            return [(n, a) for n, a in found]
+        if sys.platform.startswith("linux"):
+            return _linux_ioctl_interfaces()
+        host = socket.gethostname()
+        addrs = {ai[4][0] for ai in socket.getaddrinfo(host, None, socket.AF_INET)}
+        return [(host, a) for a in sorted(addrs)] + [("loopback", "127.0.0.1")]
+    except Exception:  # noqa: BLE001 - a listing for an error message must not fail
+        return []
+
+
+def _linux_ioctl_interfaces() -> list[tuple[str, str]]:
+    import fcntl
+
+    siocgifaddr = 0x8915
+    out = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                req = struct.pack("256s", name.encode()[:15])
+                res = fcntl.ioctl(s.fileno(), siocgifaddr, req)
+                out.append((name, socket.inet_ntoa(res[20:24])))
+            except OSError:
+                continue
+    return out
+
+
+def socket_drops(sock: socket.socket) -> int | None:
+    """Datagrams the kernel dropped for this socket (full buffer), on Linux; else None."""
+    try:
+        inode = os.fstat(sock.fileno()).st_ino
+        with open("/proc/net/udp") as f:
+            next(f)
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 13 and int(parts[9]) == inode:
+                    return int(parts[12])
+    except (OSError, ValueError, StopIteration):
+        return None
+    return None

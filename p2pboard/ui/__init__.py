@@ -1,0 +1,1 @@
+"""The Kivy whiteboard window. Kivy is imported only inside this package."""

@@ -1,0 +1,141 @@
+"""Network namespaces for the tests: nothing a test sends can leave the machine.
+
+``scripts/test.sh`` runs the whole suite inside ``unshare -n`` with multicast routed on
+``lo`` and sets ``P2PBOARD_IN_NETNS=1``. Tests that open a socket call :func:`require_netns`
+first: outside such a namespace they skip with the reason, and under CI they fail, so
+nothing is skipped there.
+
+:class:`Lan` builds a simulated LAN inside that namespace: hosts as named namespaces
+(``ip netns``), each with a veth to one bridge, addresses in 198.18.0.0/24, and helpers
+for kernel packet loss and partitions with nftables (TESTBED.md).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+
+def in_netns() -> bool:
+    return os.environ.get("P2PBOARD_IN_NETNS") == "1"
+
+
+def require_netns() -> None:
+    if in_netns():
+        return
+    msg = "not inside a private network namespace (run scripts/test.sh)"
+    if os.environ.get("CI"):
+        pytest.fail(msg + ": under CI nothing may be skipped")
+    pytest.skip(msg)
+
+
+def require_lan() -> None:
+    """Named namespaces need root and the ip and nft tools."""
+    require_netns()
+    missing = [t for t in ("ip", "nft") if shutil.which(t) is None]
+    reason = None
+    if missing:
+        reason = f"missing tools: {', '.join(missing)}"
+    elif os.geteuid() != 0:
+        reason = "named network namespaces need root"
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(reason + ": under CI nothing may be skipped")
+        pytest.skip(reason)
+
+
+def sh(*argv: str, check: bool = True, input: str | None = None) -> str:
+    r = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=30)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {r.stderr.strip()}")
+    return r.stdout
+
+
+class Lan:
+    """``n`` hosts on one bridge. Use as a context manager; everything is deleted after."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.tag = uuid.uuid4().hex[:6]
+        self.bridge = f"pb{self.tag}"
+        self.hosts = [f"pb{self.tag}h{i}" for i in range(n)]
+        self.procs: list[subprocess.Popen] = []
+
+    def addr(self, i: int) -> str:
+        return f"198.18.0.{i + 1}"
+
+    def __enter__(self) -> Lan:
+        try:
+            sh("ip", "link", "add", self.bridge, "type", "bridge")
+            sh("ip", "link", "set", self.bridge, "up")
+            for i, host in enumerate(self.hosts):
+                sh("ip", "netns", "add", host)
+                veth, peer = f"pb{self.tag}v{i}", f"pb{self.tag}p{i}"
+                sh("ip", "link", "add", veth, "type", "veth", "peer", "name", peer)
+                sh("ip", "link", "set", veth, "netns", host)
+                sh("ip", "link", "set", peer, "master", self.bridge, "up")
+                self.exec(i, "ip", "link", "set", "lo", "up")
+                self.exec(i, "ip", "addr", "add", f"{self.addr(i)}/24", "dev", veth)
+                self.exec(i, "ip", "link", "set", veth, "up")
+                self.exec(i, "ip", "route", "add", "224.0.0.0/4", "dev", veth)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        for host in self.hosts:
+            sh("ip", "netns", "del", host, check=False)
+        sh("ip", "link", "del", self.bridge, check=False)
+
+    def exec(self, i: int, *argv: str) -> str:
+        return sh("ip", "netns", "exec", self.hosts[i], *argv)
+
+    def prefix(self, i: int) -> list[str]:
+        """argv prefix that runs a command on host ``i``."""
+        return ["ip", "netns", "exec", self.hosts[i]]
+
+    def run(self, i: int, argv: list[str], **kw) -> subprocess.Popen:
+        p = subprocess.Popen(self.prefix(i) + list(argv), **kw)
+        self.procs.append(p)
+        return p
+
+    def _table(self, i: int) -> None:
+        self.exec(i, "nft", "add", "table", "inet", "pbtest")
+        for hook in ("input", "output"):
+            self.exec(i, "nft", "add", "chain", "inet", "pbtest", hook,
+                      f"{{ type filter hook {hook} priority 0; }}")
+
+    def loss(self, i: int, percent: int, hook: str = "input") -> None:
+        """Drop ``percent``% of the UDP datagrams host ``i`` receives (or sends)."""
+        self._table(i)
+        self.exec(i, "nft", "add", "rule", "inet", "pbtest", hook, "meta", "l4proto", "udp",
+                  "numgen", "random", "mod", "100", "<", str(int(percent)), "drop")
+
+    def partition(self, side: list[int]) -> None:
+        """Hosts in ``side`` and the others stop hearing each other."""
+        others = [j for j in range(self.n) if j not in side]
+        for a, group in ((side, others), (others, side)):
+            if not group:
+                continue
+            addrs = ", ".join(self.addr(j) for j in group)
+            for i in a:
+                self._table(i)
+                self.exec(i, "nft", "add", "rule", "inet", "pbtest", "input", "ip", "saddr",
+                          f"{{ {addrs} }}", "drop")
+
+    def heal(self) -> None:
+        """Remove every loss and partition rule."""
+        for i in range(self.n):
+            sh(*self.prefix(i), "nft", "delete", "table", "inet", "pbtest", check=False)
