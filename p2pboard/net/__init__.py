@@ -1,0 +1,1 @@
+"""The I/O edge: the asyncio loop driver and the multicast socket."""
