@@ -62,7 +62,7 @@ def _points(points: Iterable[Sequence[float]]) -> np.ndarray:
         raise ValueError("no points given")
     if not np.all(np.isfinite(arr)):
         raise ValueError("points must be finite numbers")
-    return np.clip(np.rint(arr), -(1 << 20), 1 << 20).astype(np.int64)
+    return np.clip(np.rint(arr), -raster.LIMIT, raster.LIMIT).astype(np.int64)
 
 
 class Stroke:
@@ -74,27 +74,20 @@ class Stroke:
         self.width = width
         self.opno = board.engine.begin(board._now())
         self._last: tuple[int, int] | None = None
-        self._done = np.empty(0, dtype=np.int64)
 
     def add(self, point: Sequence[float]) -> None:
+        """Extend the stroke to ``point``: the new segment goes out (as geometry) at once."""
         (x, y), = _points([point])
         b = self._board
-        w, h = b.size
         p = (int(x), int(y))
-        if self._last is None:
-            pix = raster.stroke_pixels([p], self.width, w, h)
-        else:
-            pix = raster.segment_pixels(self._last, p, self.width, w, h)
+        pts = [p] if self._last is None else [self._last, p]
         self._last = p
-        new = np.setdiff1d(pix, self._done, assume_unique=True)
-        if new.size:
-            self._done = np.union1d(self._done, new)
-            b.engine.extend(self.opno, new, self.color, b._now())
-            b._pump()
+        b.engine.extend_stroke(self.opno, pts, self.width, self.color, b._now())
+        b._pump()
 
     def end(self) -> None:
         """Nothing to send: every point went out as it was added."""
-        self._done = np.empty(0, dtype=np.int64)
+        self._last = None
 
 
 class Board:
@@ -172,9 +165,13 @@ class Board:
                width: int = 3) -> int:
         """A brush stroke through the points, a round brush ``width`` pixels wide."""
         pts = _points(points)
-        w, h = self.size
-        pix = raster.stroke_pixels([tuple(p) for p in pts.tolist()], int(width), w, h)
-        return self._paint(pix, _color(color))
+        if not 1 <= int(width) <= raster.MAX_WIDTH:
+            raise ValueError(f"width {width} is not in 1..{raster.MAX_WIDTH}")
+        if np.abs(pts).max() > raster.LIMIT:
+            raise ValueError(f"coordinates beyond +-{raster.LIMIT}")
+        opno = self.engine.stroke(pts, int(width), _color(color), self._now())
+        self._pump()
+        return opno
 
     def begin_stroke(self, color: Sequence[int] = (0, 0, 0, 255), width: int = 3) -> Stroke:
         """A stroke drawn live: ``s.add(point)`` as the pointer moves, ``s.end()`` at the end."""

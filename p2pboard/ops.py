@@ -96,5 +96,22 @@ class Toggle:
         return 0 < self.opno - self.target <= UNDO_WINDOW
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class StrokePath:
+    """A brush stroke to send as geometry: a polyline and a round brush ``width``.
+
+    Only the author creates these; on the wire they become STROKE records and every peer
+    (the author included) turns each record into a :class:`Paint` with the one shared
+    rasteriser, :func:`p2pboard.raster.stroke_pixels`.
+    """
+
+    author: int
+    opno: int
+    lamport: int
+    color: Color
+    width: int
+    points: np.ndarray = field(repr=False)  #: int64 (n, 2) of (x, y)
+
+
 Fragment = Paint | Image | Clear
 Record = Paint | Image | Clear | Toggle

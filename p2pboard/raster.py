@@ -6,8 +6,9 @@ one-point stroke). The test is done in exact integer arithmetic on integer coord
 with segment ``A -> B``, ``d = B - A`` and pixel ``P``, the squared distance is
 ``|P - A|^2 - (P-A).d^2 / |d|^2`` inside the segment and the distance to the nearer end
 outside it; multiplying through by ``4 |d|^2`` leaves only int64 products, so no peer,
-platform or NumPy version can round differently. Work is vectorised over the bounding box of
-each segment, clipped to the canvas first, so a far-off point costs nothing.
+platform or NumPy version can round differently. Work is vectorised over boxes that follow
+the segment in strips of :data:`STRIP` pixels, clipped to the canvas first, so a long
+diagonal costs about its own area and a far-off point costs nothing.
 
 Only the author rasterises (peers receive the resulting pixels), but a single routine keeps
 the local preview, the API and the UI's straight-line tool identical.
@@ -35,22 +36,42 @@ def _check(points: Sequence[tuple[int, int]]) -> np.ndarray:
     return pts
 
 
-def _box(x0: int, y0: int, x1: int, y1: int, r: int, w: int, h: int):
-    """The grid of pixel centres that may be within ``r`` of the segment, on the canvas."""
-    lo_x, hi_x = max(min(x0, x1) - r, 0), min(max(x0, x1) + r, w - 1)
-    lo_y, hi_y = max(min(y0, y1) - r, 0), min(max(y0, y1) + r, h - 1)
-    if lo_x > hi_x or lo_y > hi_y:
-        return None
-    ys, xs = np.mgrid[lo_y:hi_y + 1, lo_x:hi_x + 1]
-    return xs.ravel(), ys.ravel()
+#: A long segment is evaluated strip by strip, each strip's box ``STRIP`` pixels long, so
+#: the work follows the stroke's area, not its bounding box's.
+STRIP = 32
+
+
+def _boxes(x0: int, y0: int, x1: int, y1: int, r: int, w: int, h: int):
+    """Boxes (lo_x, lo_y, hi_x, hi_y; inclusive, on the canvas) that together hold every
+    pixel centre within ``r`` of the segment: one per strip along it."""
+    n = max(1, (max(abs(x1 - x0), abs(y1 - y0)) + STRIP - 1) // STRIP)
+    out = []
+    for k in range(n):
+        # Strip k covers the part of the segment between t = k/n and (k+1)/n; integer
+        # floor/ceil bounds keep the boxes a superset of that part.
+        ax, bx = x0 + (x1 - x0) * k // n, x0 - ((x0 - x1) * (k + 1) // n)
+        ay, by = y0 + (y1 - y0) * k // n, y0 - ((y0 - y1) * (k + 1) // n)
+        lo_x, hi_x = max(min(ax, bx) - r - 1, 0), min(max(ax, bx) + r + 1, w - 1)
+        lo_y, hi_y = max(min(ay, by) - r - 1, 0), min(max(ay, by) + r + 1, h - 1)
+        if lo_x <= hi_x and lo_y <= hi_y:
+            out.append((lo_x, lo_y, hi_x, hi_y))
+    return out
+
+
+def segment_work(x0: int, y0: int, x1: int, y1: int, width: int, w: int, h: int) -> int:
+    """Pixel centres :func:`_segment` will test for this segment (its cost)."""
+    r = (width + 1) // 2
+    return sum((c - a + 1) * (d - b + 1) for a, b, c, d in _boxes(x0, y0, x1, y1, r, w, h))
 
 
 def _segment(x0: int, y0: int, x1: int, y1: int, width: int, w: int, h: int) -> np.ndarray:
     r = (width + 1) // 2
-    grid = _box(x0, y0, x1, y1, r, w, h)
-    if grid is None:
+    boxes = _boxes(x0, y0, x1, y1, r, w, h)
+    if not boxes:
         return _EMPTY
-    xs, ys = grid
+    grids = [np.mgrid[b:d + 1, a:c + 1] for a, b, c, d in boxes]
+    ys = np.concatenate([g[0].ravel() for g in grids]).astype(np.int64)
+    xs = np.concatenate([g[1].ravel() for g in grids]).astype(np.int64)
     px, py = xs - x0, ys - y0
     dx, dy = x1 - x0, y1 - y0
     dd = dx * dx + dy * dy

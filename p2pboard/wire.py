@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ops import Clear, Color, Image, Paint, Record, Toggle
+from . import raster
+from .ops import Clear, Color, Image, Paint, Record, StrokePath, Toggle
 
 MAGIC = b"PB"
 VERSION = 1
@@ -43,10 +44,19 @@ REC_PAINT = 1
 REC_IMAGE = 2
 REC_CLEAR = 3
 REC_TOGGLE = 4
+REC_STROKE = 5
 PAINT_REC = struct.Struct("!BIIIBHHHHH")  # kind lamport opno rgba enc x0 y0 w h len
 IMAGE_REC = struct.Struct("!BIIHHHHBH")  # kind lamport opno x y w h enc len
 CLEAR_REC = struct.Struct("!BII")  # kind lamport opno
 TOGGLE_REC = struct.Struct("!BIIB")  # kind opno target visible
+STROKE_REC = struct.Struct("!BIIIBBH")  # kind lamport opno rgba width-1 enc n_points
+STROKE_ABS = 0  # points as i16 (x, y) pairs
+STROKE_DELTA = 1  # first point i16 (x, y), then i8 (dx, dy) steps
+#: Most points in one STROKE record, and most canvas area its segments' bounding boxes may
+#: cover: bounds the rasterising work one datagram can ask of us.
+MAX_STROKE_POINTS = 256
+MAX_STROKE_AREA = 1 << 19
+MAX_DATAGRAM_STROKE_WORK = 1 << 20
 
 PIX_BITMAP = 0  # np.packbits of the bbox mask, row-major
 PIX_BITMAP_Z = 1  # the same, zlib-compressed
@@ -376,8 +386,104 @@ def encode_toggle(t: Toggle) -> bytes:
     return TOGGLE_REC.pack(REC_TOGGLE, t.opno, t.target, 1 if t.visible else 0)
 
 
-def encode_record(rec: Record, width: int, budget: int = BODY_BUDGET) -> list[tuple[bytes, Record]]:
+def stroke_area(points: np.ndarray, brush: int, width: int, height: int) -> int:
+    """The rasterising work of a polyline: pixel centres tested (see raster.segment_work)."""
+    pts = np.asarray(points).reshape(-1, 2).tolist()
+    pairs = list(zip(pts[:-1], pts[1:])) if len(pts) > 1 else [(pts[0], pts[0])]
+    return sum(raster.segment_work(a[0], a[1], b[0], b[1], brush, width, height)
+               for a, b in pairs)
+
+
+def _stroke_piece(s: StrokePath, pts: np.ndarray, width: int, height: int) -> bytes | None:
+    if pts.min() < -32768 or pts.max() > 32767:
+        return None
+    steps = np.diff(pts, axis=0)
+    if len(steps) == 0 or (steps.min() >= -128 and steps.max() <= 127):
+        enc = STROKE_DELTA
+        body = pts[0].astype(">i2").tobytes() + steps.astype("i1").tobytes()
+    else:
+        enc = STROKE_ABS
+        body = pts.astype(">i2").tobytes()
+    return STROKE_REC.pack(REC_STROKE, s.lamport, s.opno, _rgba_u32(s.color), s.width - 1, enc,
+                           len(pts)) + body
+
+
+def encode_stroke(s: StrokePath, width: int, height: int,
+                  budget: int = BODY_BUDGET) -> list[tuple[bytes, Paint]]:
+    """A stroke as STROKE records (consecutive pieces share their joining point), each with
+    the Paint every receiver rasterises from it. Falls back to pixel sets for geometry the
+    record cannot carry (coordinates beyond 16 bits, very long segments)."""
+    pts = np.asarray(s.points, dtype=np.int64).reshape(-1, 2)
+    per = min(MAX_STROKE_POINTS, (budget - STROKE_REC.size - 4) // 2 + 1)
+    out: list[tuple[bytes, Paint]] = []
+    i = 0
+    while i < len(pts):
+        j = min(len(pts), i + per)
+        piece = pts[i:j]
+        while len(piece) > 1 and stroke_area(piece, s.width, width, height) > MAX_STROKE_AREA:
+            piece = piece[:max(2, len(piece) // 2)]
+            if len(piece) == 2:
+                break
+        j = i + len(piece)
+        index = raster.stroke_pixels(piece.tolist(), s.width, width, height)
+        paint = Paint(s.author, s.opno, s.lamport, s.color, index)
+        data = None
+        if stroke_area(piece, s.width, width, height) <= MAX_STROKE_AREA:
+            data = _stroke_piece(s, piece, width, height)
+        if data is not None and len(data) <= budget:
+            if index.size:
+                out.append((data, paint))
+        else:
+            out.extend(encode_paint(paint, width, budget))
+        if j >= len(pts):
+            break
+        i = j - 1  # the next piece starts where this one ended
+    return out
+
+
+def _decode_stroke(body: memoryview, pos: int, author: int, width: int, height: int):
+    _, lamport, opno, rgba, w1, enc, n = STROKE_REC.unpack_from(body, pos)
+    pos += STROKE_REC.size
+    if not 1 <= n <= MAX_STROKE_POINTS:
+        raise DecodeError(f"stroke of {n} points is not in 1..{MAX_STROKE_POINTS}")
+    if enc == STROKE_DELTA:
+        need = 4 + 2 * (n - 1)
+        if len(body) - pos < need:
+            raise DecodeError(f"stroke needs {need} bytes, {len(body) - pos} left")
+        first = np.frombuffer(body[pos:pos + 4], dtype=">i2").astype(np.int64)
+        steps = np.frombuffer(body[pos + 4:pos + need], dtype="i1").astype(np.int64)
+        pts = np.concatenate([first.reshape(1, 2),
+                              first + np.cumsum(steps.reshape(-1, 2), axis=0)])
+    elif enc == STROKE_ABS:
+        need = 4 * n
+        if len(body) - pos < need:
+            raise DecodeError(f"stroke needs {need} bytes, {len(body) - pos} left")
+        pts = np.frombuffer(body[pos:pos + need], dtype=">i2").astype(np.int64).reshape(n, 2)
+    else:
+        raise DecodeError(f"unknown stroke encoding {enc}")
+    pos += need
+    brush = w1 + 1
+    work = stroke_area(pts, brush, width, height)
+    if work > MAX_STROKE_AREA:
+        raise DecodeError("stroke covers more canvas than one record may")
+    index = raster.stroke_pixels(pts.tolist(), brush, width, height)
+    if index.size == 0:
+        raise DecodeError("stroke entirely off the canvas")
+    return Paint(author, opno, lamport, _u32_rgba(rgba), index), pos, work
+
+
+def piece_work(piece: bytes, width: int, height: int) -> int:
+    """Rasterising work a receiver spends on one encoded record (0 unless a STROKE)."""
+    if not piece or piece[0] != REC_STROKE:
+        return 0
+    return _decode_stroke(memoryview(piece), 0, 0, width, height)[2]
+
+
+def encode_record(rec: Record | StrokePath, width: int, budget: int = BODY_BUDGET,
+                  height: int = 0) -> list[tuple[bytes, Record]]:
     """A record as wire pieces, each paired with the record a receiver decodes from it."""
+    if isinstance(rec, StrokePath):
+        return encode_stroke(rec, width, height, budget)
     if isinstance(rec, Paint):
         return encode_paint(rec, width, budget)
     if isinstance(rec, Image):
@@ -398,6 +504,7 @@ def decode_records(body: memoryview | bytes, author: int, width: int, height: in
     end = len(body)
     if end == 0:
         raise DecodeError("DATA datagram without records")
+    stroke_work = 0
     while pos < end:
         kind = body[pos]
         if kind == REC_PAINT:
@@ -441,6 +548,14 @@ def decode_records(body: memoryview | bytes, author: int, width: int, height: in
             else:
                 raise DecodeError(f"unknown image encoding {enc}")
             out.append(Image(author, opno, lamport, x, y, rgba))
+        elif kind == REC_STROKE:
+            if end - pos < STROKE_REC.size:
+                raise DecodeError(f"stroke record truncated at {pos}")
+            paint, pos, work = _decode_stroke(body[:end], pos, author, width, height)
+            stroke_work += work
+            if stroke_work > MAX_DATAGRAM_STROKE_WORK:
+                raise DecodeError("strokes in one datagram cover more canvas than allowed")
+            out.append(paint)
         elif kind == REC_CLEAR:
             if end - pos < CLEAR_REC.size:
                 raise DecodeError(f"clear record truncated at {pos}")

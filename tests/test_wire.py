@@ -190,3 +190,73 @@ def test_mutated_datagrams_never_crash(data):
         if isinstance(r, Image):
             h, w = r.rgba.shape[:2]
             assert r.x + w <= W and r.y + h <= H
+
+
+# ---------------------------------------------------------------- strokes as geometry
+
+from p2pboard import raster  # noqa: E402
+from p2pboard.ops import StrokePath  # noqa: E402
+
+stroke_points = st.lists(st.tuples(st.integers(-300, 500), st.integers(-300, 400)), min_size=1,
+                         max_size=600)
+
+
+@given(stroke_points, st.integers(1, raster.MAX_WIDTH), colors)
+@settings(max_examples=150, deadline=None)
+def test_stroke_round_trip_rasterises_the_same_pixels_everywhere(points, brush, color):
+    s = StrokePath(ME, 3, 9, color, brush, np.array(points))
+    pieces = wire.encode_record(s, W, height=H)
+    decoded = []
+    for rec, frag in pieces:
+        (got,) = decode([rec])
+        assert np.array_equal(got.index, frag.index)  # the author applies what others decode
+        assert (got.opno, got.lamport, got.color) == (3, 9, color)
+        decoded.append(got.index)
+    union = np.unique(np.concatenate(decoded)) if decoded else np.zeros(0, np.int64)
+    assert np.array_equal(union, raster.stroke_pixels(points, brush, W, H))
+
+
+def test_mouse_segment_is_small_on_the_wire():
+    s = StrokePath(ME, 3, 9, (1, 2, 3, 255), 12, np.array([(50, 50), (58, 55)]))
+    ((rec, frag),) = wire.encode_record(s, W, height=H)
+    assert len(rec) == wire.STROKE_REC.size + 6
+    assert frag.index.size > 100  # over 4 pixels per byte
+
+
+def test_hostile_strokes_are_refused():
+    head = wire.STROKE_REC.pack(wire.REC_STROKE, 1, 1, 0, 255, wire.STROKE_ABS, 2)
+    # two far corners, the widest brush: bounded work, refused
+    with pytest.raises(wire.DecodeError):
+        wire.decode_records(head + np.array([(-5000, -5000), (5000, 5000)], ">i2").tobytes(),
+                            ME, 8192, 8192)
+    for bad in (
+        wire.STROKE_REC.pack(wire.REC_STROKE, 1, 1, 0, 3, wire.STROKE_ABS, 0),  # no points
+        wire.STROKE_REC.pack(wire.REC_STROKE, 1, 1, 0, 3, wire.STROKE_ABS, 300),  # too many
+        wire.STROKE_REC.pack(wire.REC_STROKE, 1, 1, 0, 3, 7, 1) + b"\0" * 4,  # encoding
+        head + b"\0" * 7,  # truncated
+        wire.STROKE_REC.pack(wire.REC_STROKE, 1, 1, 0, 3, wire.STROKE_ABS, 1)
+        + np.array([(-900, -900)], ">i2").tobytes(),  # nothing on the canvas
+    ):
+        with pytest.raises(wire.DecodeError):
+            decode([bad])
+
+
+def test_long_strokes_are_split_so_no_datagram_asks_too_much_work():
+    import random as _r
+
+    from p2pboard.config import Config
+    from p2pboard.session import Engine
+    e = Engine(Config(size=(1920, 1080)), rng=_r.Random(3))
+    e.datagrams_to_send(0.0)
+    rng = _r.Random(1)
+    pts = [(rng.randrange(1920), rng.randrange(1080)) for _ in range(12)]
+    e.stroke(pts, 120, (0, 0, 0, 255), 0.0)
+    for t in range(200):
+        for d in e.datagrams_to_send(t * 0.01):
+            h = wire.decode_header(d)
+            if h.type == wire.MsgType.DATA:
+                # a receiver accepts every datagram the author sends
+                wire.decode_records(memoryview(d)[wire.HEADER.size:], h.sender, 1920, 1080)
+    assert np.array_equal(e.board.pixels[..., 0] == 0,
+                          np.isin(np.arange(1920 * 1080), raster.stroke_pixels(pts, 120, 1920, 1080)
+                                  ).reshape(1080, 1920))
