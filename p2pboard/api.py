@@ -299,7 +299,13 @@ class Board:
         from PIL import Image as PILImage
 
         path = Path(path)
-        PILImage.fromarray(np.array(self.pixels), "RGBA").save(path, format="PNG")
+        px = np.array(self.pixels)
+        if (px[..., 3] < 255).any():  # translucent paint: composite onto the background
+            a = px[..., 3:4].astype(np.uint16)
+            bg = np.array(BACKGROUND[:3], np.uint16)
+            px[..., :3] = ((px[..., :3] * a + bg * (255 - a) + 127) // 255).astype(np.uint8)
+            px[..., 3] = 255
+        PILImage.fromarray(px, "RGBA").save(path, format="PNG")
         return path
 
     # -- plumbing

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 
+#: Bytes of rounding error forgiven, so float dust never holds a datagram back.
+_SLACK = 1e-3
+
+
 class TokenBucket:
     """``rate`` bytes per second on average, bursts of at most ``burst`` bytes.
 
@@ -27,7 +31,7 @@ class TokenBucket:
         """Take ``n`` bytes if the bucket holds them (a datagram larger than the burst
         passes once the bucket is full, so nothing can starve)."""
         self._refill(now)
-        if self._tokens >= min(n, self.burst):
+        if self._tokens + _SLACK >= min(n, self.burst):
             self._tokens -= n
             return True
         return False
@@ -36,4 +40,8 @@ class TokenBucket:
         """When ``n`` bytes will be available."""
         self._refill(now)
         need = min(n, self.burst) - self._tokens
-        return now if need <= 0 else now + need / self.rate
+        if need <= _SLACK:
+            return now
+        # At least a microsecond: with clocks near 1e6 s, a smaller step would round back
+        # to ``now`` and the caller would spin.
+        return now + max(need / self.rate, 1e-6)

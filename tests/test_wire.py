@@ -260,3 +260,19 @@ def test_long_strokes_are_split_so_no_datagram_asks_too_much_work():
     assert np.array_equal(e.board.pixels[..., 0] == 0,
                           np.isin(np.arange(1920 * 1080), raster.stroke_pixels(pts, 120, 1920, 1080)
                                   ).reshape(1080, 1920))
+
+
+def test_token_bucket_never_spins_on_rounding_dust():
+    from p2pboard.pacing import TokenBucket
+    b = TokenBucket(8_000_000, 96 * 1024)
+    now = 1_000_000.000123  # a monotonic clock far from zero
+    sent = 0
+    for _ in range(100_000):
+        while b.try_consume(1228, now):
+            sent += 1
+        nxt = b.ready_at(1228, now)
+        assert nxt > now or b.try_consume(1228, now), "ready now but refused: would spin"
+        now = nxt if nxt > now else now
+        if sent >= 2000:
+            break
+    assert sent >= 2000
