@@ -4,6 +4,9 @@ It opens a board with the public API and obeys one command per line on stdin, an
 one JSON object per line on stdout:
 
     draw SEED N     draw N seeded random strokes at mouse rate (points every 8 ms)
+    stroke X0 Y0 X1 Y1 R G B W   one straight stroke
+    cursor X Y      show our pointer there
+    png PATH        save the board as PNG
     sync TIMEOUT    wait_synced; answers synced, digest, peers
     digest          answers digest
     stats           answers the stats counters
@@ -74,6 +77,16 @@ async def main(argv=None) -> None:
                     ok = False
                     out(event="log", text=str(err))
                 out(event="sync", synced=ok, digest=board.digest(), peers=len(board.peers))
+            elif cmd == "stroke":
+                x0, y0, x1, y1, r, g, b, width = (int(v) for v in args)
+                board.stroke([(x0, y0), (x1, y1)], color=(r, g, b, 255), width=width)
+                out(event="stroked")
+            elif cmd == "cursor":
+                board.cursor(float(args[0]), float(args[1]))
+                out(event="cursor")
+            elif cmd == "png":
+                board.save_png(args[0])
+                out(event="png", digest=board.digest())
             elif cmd == "digest":
                 out(event="digest", digest=board.digest())
             elif cmd == "stats":
