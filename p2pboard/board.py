@@ -78,6 +78,8 @@ class Board:
         self._live_pixels = 0
         self._dirty: list[int] | None = None
         self._rebuild = False
+        self._version = 0  # bumped by every change of the view
+        self._digest: tuple[int, str] | None = None
         #: records refused: bad geometry, invalid toggles, over a cap
         self.rejected = 0
         #: records ignored because they belong to operations already final here
@@ -106,7 +108,10 @@ class Board:
     def digest(self) -> str:
         """A hash of the pixels: equal on boards that show the same picture."""
         self._sync()
-        return hashlib.blake2b(self._color.data, digest_size=16).hexdigest()
+        if self._digest is None or self._digest[0] != self._version:
+            self._digest = (self._version,
+                            hashlib.blake2b(self._color.data, digest_size=16).hexdigest())
+        return self._digest[1]
 
     def take_dirty(self) -> tuple[int, int, int, int] | None:
         """The rectangle (x0, y0, x1, y1; exclusive) changed since the last call, or None."""
@@ -384,6 +389,7 @@ class Board:
         self._mark((0, 0, self.width, self.height))
 
     def _mark(self, box) -> None:
+        self._version += 1
         d = self._dirty
         if d is None:
             self._dirty = list(box)

@@ -41,28 +41,39 @@ done
 [[ -n $PY ]] || die "p2pboard needs Python 3.11 or newer (python3 --version says: $(python3 --version 2>&1))"
 
 # --- the virtual environment
-if [[ ! -x $VENV/bin/python ]]; then
-    say "creating a virtual environment in .venv"
+if [[ -e $VENV ]] && ! "$VENV/bin/python" -c '' 2>/dev/null; then
+    die ".venv exists but .venv/bin/python does not run (moved, or made by another user or Python?); delete .venv and run this again"
+fi
+if [[ ! -e $VENV ]]; then
+    say "creating a virtual environment in .venv with $PY"
     if ! "$PY" -m venv "$VENV" 2>/dev/null; then
-        rm -rf "$VENV"
+        rm -rf "$VENV"  # only what this run just created
         if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
             ver=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
             say "installing python$ver-venv (apt)"
-            apt-get update -qq >/dev/null
-            apt-get install -y -qq "python$ver-venv" >/dev/null || apt-get install -y -qq python3-venv >/dev/null
-            "$PY" -m venv "$VENV" || die "cannot create a virtual environment"
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get update -qq >/dev/null || die "apt-get update failed"
+            apt-get install -y -qq "python$ver-venv" >/dev/null 2>&1 \
+                || apt-get install -y -qq python3-venv >/dev/null \
+                || die "apt-get install python3-venv failed"
+            "$PY" -m venv "$VENV" || { rm -rf "$VENV"; die "cannot create a virtual environment with $PY"; }
         else
-            die "cannot create a virtual environment: install python3-venv"
+            die "cannot create a virtual environment with $PY: install python3-venv (Debian/Ubuntu) and run this again"
         fi
     fi
+    rm -f "$STAMP"
 fi
 
-want="$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16) $EXTRAS"
+# Reinstall when the metadata or the extras change (a hash, so a touch alone does not count).
+want="$(sha256sum < "$ROOT/setup.cfg" | cut -c1-16) $EXTRAS"
 if [[ ! -f $STAMP || "$(cat "$STAMP")" != "$want" ]]; then
     say "installing p2pboard and its dependencies into .venv (first use; a minute or two)"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel \
-        || die "pip could not upgrade itself (no access to the package index?)"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[$EXTRAS]" \
-        || die "pip install -e .[$EXTRAS] failed"
+    log="$(mktemp "${TMPDIR:-/tmp}/p2pboard-pip.XXXXXX")"
+    pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@" >>"$log" 2>&1; }
+    pip install -q --upgrade pip setuptools wheel \
+        || { cat "$log" >&2; rm -f "$log"; die "pip could not upgrade itself (no access to the package index?); its output is above"; }
+    pip install -q -e "$ROOT[$EXTRAS]" \
+        || { cat "$log" >&2; rm -f "$log"; die "pip install -e .[$EXTRAS] failed; its output is above"; }
+    rm -f "$log"
     echo "$want" > "$STAMP"
 fi

@@ -33,15 +33,38 @@ def require_netns() -> None:
     pytest.skip(msg)
 
 
-def require_lan() -> None:
-    """Named namespaces need root and the ip and nft tools."""
-    require_netns()
+_lan_problem: list[str | None] = []  # cached result of _probe_lan()
+
+
+def _probe_lan() -> str | None:
+    """Why a :class:`Lan` cannot be built here, or None if it can."""
     missing = [t for t in ("ip", "nft") if shutil.which(t) is None]
-    reason = None
     if missing:
-        reason = f"missing tools: {', '.join(missing)}"
-    elif os.geteuid() != 0:
-        reason = "named network namespaces need root"
+        return f"missing tools: {', '.join(missing)} (Debian: iproute2, nftables)"
+    if os.geteuid() != 0:
+        return "named network namespaces (ip netns) need root"
+    # Root inside `unshare -rn` is not real root: try the real thing once.
+    name = f"pbprobe{os.getpid()}"
+    r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True,
+                       timeout=30)
+    if r.returncode != 0:
+        return f"ip netns is unusable here: {r.stderr.strip() or r.returncode}"
+    try:
+        r = subprocess.run(["ip", "netns", "exec", name, "nft", "list", "tables"],
+                           capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            return f"nft is unusable in a named namespace: {r.stderr.strip()}"
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+    return None
+
+
+def require_lan() -> None:
+    """Named namespaces need real root and the ip and nft tools."""
+    require_netns()
+    if not _lan_problem:
+        _lan_problem.append(_probe_lan())
+    reason = _lan_problem[0]
     if reason:
         if os.environ.get("CI"):
             pytest.fail(reason + ": under CI nothing may be skipped")
@@ -70,7 +93,8 @@ class Lan:
 
     def __enter__(self) -> Lan:
         try:
-            sh("ip", "link", "add", self.bridge, "type", "bridge")
+            # No IGMP snooping: without a querier it would only add timing (MULTICAST-NOTES 9).
+            sh("ip", "link", "add", self.bridge, "type", "bridge", "mcast_snooping", "0")
             sh("ip", "link", "set", self.bridge, "up")
             for i, host in enumerate(self.hosts):
                 sh("ip", "netns", "add", host)
@@ -94,7 +118,10 @@ class Lan:
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
-            p.wait()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass  # the namespace is deleted below all the same
         for host in self.hosts:
             sh("ip", "netns", "del", host, check=False)
         sh("ip", "link", "del", self.bridge, check=False)
@@ -119,13 +146,23 @@ class Lan:
 
     def loss(self, i: int, percent: int, hook: str = "input") -> None:
         """Drop ``percent``% of the UDP datagrams host ``i`` receives (or sends)."""
+        percent = int(percent)
+        if not 0 <= percent <= 100:
+            raise ValueError(f"loss of {percent}% is not in 0..100")
+        if percent == 0:
+            return
         self._table(i)
+        # numgen's range is 0..99, so "< 100" is rejected: 100% is a plain drop rule
+        chance = [] if percent == 100 else ["numgen", "random", "mod", "100", "<", str(percent)]
         self.exec(i, "nft", "add", "rule", "inet", "pbtest", hook, "meta", "l4proto", "udp",
-                  "numgen", "random", "mod", "100", "<", str(int(percent)), "drop")
+                  *chance, "drop")
 
-    def partition(self, side: list[int]) -> None:
-        """Hosts in ``side`` and the others stop hearing each other."""
-        others = [j for j in range(self.n) if j not in side]
+    def partition(self, side: list[int] | int, other: int | None = None) -> None:
+        """Hosts in ``side`` and the others stop hearing each other; ``partition(i, j)``
+        cuts only hosts ``i`` and ``j`` apart."""
+        if isinstance(side, int):
+            side = [side]
+        others = ([j for j in range(self.n) if j not in side] if other is None else [other])
         for a, group in ((side, others), (others, side)):
             if not group:
                 continue

@@ -41,9 +41,12 @@ IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
 class MulticastSetupError(OSError):
     """The socket could not be set up (no such interface, no multicast route ...)."""
 
-    def __init__(self, message: str, interfaces: list[tuple[str, str]] | None = None) -> None:
+    def __init__(self, message: str, interfaces: list[tuple[str, str]] | None = None,
+                 errno: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        #: the errno of the failed system call, if there was one
+        self.errno = errno
         #: (name, IPv4 address) of the interfaces one could pick instead
         self.interfaces = interfaces or []
 
@@ -53,12 +56,14 @@ class MulticastSetupError(OSError):
 
 @dataclass(frozen=True)
 class SocketInfo:
-    group: str
-    port: int
-    iface: str | None
-    rcvbuf_requested: int
-    rcvbuf_granted: int
-    sndbuf_granted: int
+    """What :func:`open_multicast_socket` set up, for logs and the UI's status line."""
+
+    group: str  #: the multicast group joined
+    port: int  #: the UDP port bound
+    iface: str | None  #: address of the interface used; None: the system's default
+    rcvbuf_requested: int  #: SO_RCVBUF asked for, in bytes
+    rcvbuf_granted: int  #: SO_RCVBUF as getsockopt reports it (Linux: twice the usable size)
+    sndbuf_granted: int  #: SO_SNDBUF as getsockopt reports it
 
 
 def _check_group(group: str) -> None:
@@ -77,10 +82,17 @@ def open_multicast_socket(group: str, port: int, iface: str | None = None, *, tt
     ``iface`` (an interface's IPv4 address; None for the default)."""
     _check_group(group)
     if iface is not None:
-        ipaddress.IPv4Address(iface)  # ValueError for a non-address
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-    step = "create the socket"
+        try:
+            ipaddress.IPv4Address(iface)
+        except ValueError:
+            raise ValueError(f"iface {iface!r} is not an IPv4 address (give the address of "
+                             "the interface, not its name)") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is not in 1..65535")
+    sock = None
+    step = "create a UDP socket"
     try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
         step = "allow several peers on one port"
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if hasattr(socket, "SO_REUSEPORT") and not IS_WINDOWS:
@@ -116,26 +128,29 @@ def open_multicast_socket(group: str, port: int, iface: str | None = None, *, tt
                           sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
                           sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
     except OSError as err:
-        sock.close()
+        if sock is not None:
+            sock.close()
         names = list_ipv4_interfaces()
         hint = ""
         if names:
             hint = "; interfaces: " + ", ".join(f"{n} {a}" for n, a in names)
         raise MulticastSetupError(
-            f"cannot {step} for board {group}:{port}: {err.strerror or err}{hint}",
-            names) from err
+            f"cannot {step} for board {group}:{port} on "
+            f"{iface or 'the default interface'}: {err.strerror or err}{hint}",
+            names, err.errno) from err
     return sock, info
 
 
 def list_ipv4_interfaces() -> list[tuple[str, str]]:
     """(name, address) of this machine's IPv4 interfaces, best effort; never raises."""
     try:
-        if sys.platform.startswith("linux") and shutil.which("ip"):
-            out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True,
-                                 text=True, timeout=5).stdout
-            found = re.findall(r"^\d+:\s+(\S+)\s+inet\s+([\d.]+)/", out, re.M)
-            return [(n, a) for n, a in found]
         if sys.platform.startswith("linux"):
+            if shutil.which("ip"):
+                out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True,
+                                     text=True, timeout=5).stdout
+                found = re.findall(r"^\d+:\s+(\S+)\s+inet\s+([\d.]+)/", out, re.M)
+                if found:
+                    return [(n, a) for n, a in found]
             return _linux_ioctl_interfaces()
         host = socket.gethostname()
         addrs = {ai[4][0] for ai in socket.getaddrinfo(host, None, socket.AF_INET)}
@@ -170,6 +185,6 @@ def socket_drops(sock: socket.socket) -> int | None:
                 parts = line.split()
                 if len(parts) >= 13 and int(parts[9]) == inode:
                     return int(parts[12])
-    except (OSError, ValueError, StopIteration):
+    except Exception:  # noqa: BLE001 - a statistic must never break the receive path
         return None
     return None

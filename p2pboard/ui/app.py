@@ -596,6 +596,16 @@ class BoardApp(App):
                      saved=str(self.last_saved) if self.last_saved else None,
                      eraser=self.eraser, width=self.brush_width)
         if b is not None:
+            ft = np.array(self.view.frame_times[-600:] or [0.0]) * 1000
+            g = np.array(self.view.frame_gaps[-600:] or [0.0]) * 1000
+            from ..net.sockets import socket_drops
+            state.update(fps=Clock.get_fps(), frame_work_ms=[float(np.percentile(ft, 50)),
+                                                              float(np.percentile(ft, 99)),
+                                                              float(ft.max())],
+                         frame_gap_ms=[float(np.percentile(g, 50)), float(np.percentile(g, 99)),
+                                       float(g.max())],
+                         kernel_drops=socket_drops(b.edge.sock) if b.edge else None,
+                         gaps=b.stats["gaps"], received=b.stats["datagrams_received"])
             state.update(digest=b.digest(), peers=len(b.peers), synced=b.synced(),
                          joining=b.joining, size=list(b.size),
                          view=[self.view._ox, self.view._oy, self.view.scale],

@@ -37,7 +37,9 @@ class BoardView(Widget):
         self._cursors: dict[int, tuple[float, float, float]] = {}
         self._labels: dict[tuple[str, tuple], object] = {}
         self._last_cursor_sent = 0.0
-        self.frame_times: list[float] = []
+        self.frame_times: list[float] = []  # seconds of work per frame (blit, cursors)
+        self.frame_gaps: list[float] = []  # seconds between frames
+        self._last_frame = None
         with self.canvas:
             Color(0.82, 0.84, 0.87, 1)
             self._bg = Rectangle(pos=self.pos, size=self.size)
@@ -74,6 +76,10 @@ class BoardView(Widget):
         if self.board is None:
             return
         t0 = time.perf_counter()
+        if self._last_frame is not None:
+            self.frame_gaps.append(t0 - self._last_frame)
+            del self.frame_gaps[:-600]
+        self._last_frame = t0
         d = self.board.engine.board.take_dirty()
         if d is not None:
             self._blit(*d)

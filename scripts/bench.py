@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Benchmarks, each run inside a private network namespace it creates itself.
+
+    .venv/bin/python scripts/bench.py ui [--peers 8] [--strokes 40] [--write]
+
+``ui``: a real p2pboard window (Kivy, under Xvfb) on a 1920x1080 board while N headless
+peer processes draw strokes at mouse rate at the same time. Sampled from the window four
+times a second: frames per second, time between frames (p50/p99/max), the window's own
+per-frame work (texture blit of the dirty rectangle, cursors), and the kernel's drop
+counter for its socket (/proc/net/udp). At the end every peer and the window must hold
+the same board. ``--write`` puts the result into docs/BENCHMARKS.md (between markers).
+
+The comparison benchmarks of issue #5 (TCP relay, ZeroMQ, raw multicast, the socket
+ceiling, link rates with tbf) are not written yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def ensure_netns() -> None:
+    """Re-run this script inside a fresh network namespace with multicast on lo."""
+    if os.environ.get("P2PBOARD_IN_NETNS") == "1":
+        return
+    inner = ("ip link set lo up && ip link set lo multicast on && "
+             "ip route add 224.0.0.0/4 dev lo && P2PBOARD_IN_NETNS=1 exec \"$0\" \"$@\"")
+    flag = "-n" if os.geteuid() == 0 else "-rn"
+    os.execvp("unshare", ["unshare", flag, "--", "bash", "-c", inner, sys.executable,
+                          *sys.argv])
+
+
+def progress(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, Python "
+            f"{platform.python_version()}")
+
+
+def bench_ui(peers: int, strokes: int) -> dict:
+    from tests.test_loopback import Peer
+
+    tmp = Path(tempfile.mkdtemp(prefix="p2pbench-"))
+    disp = ":57"
+    xvfb = subprocess.Popen(["Xvfb", disp, "-screen", "0", "1400x900x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs: list = []
+    try:
+        while not Path(f"/tmp/.X11-unix/X{disp[1:]}").exists():
+            time.sleep(0.05)
+        state = tmp / "state.json"
+        env = {**os.environ, "DISPLAY": disp, "P2PBOARD_UI_STATE": str(state),
+               "P2PBOARD_UI_CONTROL": str(tmp / "ctl"), "P2PBOARD_UI_GEOMETRY": "0,0,1280,800",
+               "KIVY_NO_ARGS": "1", "KIVY_NO_CONSOLELOG": "1", "PYTHONPATH": str(ROOT)}
+        (tmp / "ctl").write_text("")
+        port = 47000 + os.getpid() % 1000
+        app = subprocess.Popen([sys.executable, "-m", "p2pboard", "--iface", "127.0.0.1",
+                                "--port", str(port), "--name", "window"], env=env, cwd=ROOT,
+                               stdout=open(tmp / "app.log", "w"), stderr=subprocess.STDOUT)
+        procs.append(app)
+
+        def read() -> dict:
+            try:
+                return json.loads(state.read_text())
+            except (OSError, ValueError):
+                return {}
+
+        end = time.monotonic() + 60
+        while not read().get("digest") or read().get("joining"):
+            if time.monotonic() > end or app.poll() is not None:
+                raise RuntimeError("the window did not start: " + (tmp / "app.log").read_text())
+            time.sleep(0.2)
+        progress(f"window up; starting {peers} drawing peers")
+        # The drawing peers stand for other machines: niced, so that they take the CPU
+        # the window leaves rather than the other way round (2 cores here for everything).
+        ps = [Peer(f"p{i}", port, size="1920x1080", prefix=["nice", "-n", "19"])
+              for i in range(peers)]
+        procs.extend(p.proc for p in ps)
+        time.sleep(2.0)
+        before = read()
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(len(ps))
+        for i, p in enumerate(ps):
+            p.send(f"draw {100 + i} {strokes}")
+        waits = [pool.submit(p.expect, "drawn", 600) for p in ps]
+        samples = []
+        done = 0
+        t0 = time.monotonic()
+        while done < len(ps):
+            time.sleep(0.25)
+            samples.append(read())
+            done = sum(1 for w in waits if w.done())
+            progress(f"{time.monotonic() - t0:5.1f} s: {done}/{len(ps)} peers done, "
+                     f"{samples[-1].get('fps', 0):.0f} fps")
+        drawing_s = time.monotonic() - t0
+        after = read()
+        digests = {p.sync(60)["digest"] for p in ps}
+        end = time.monotonic() + 30
+        while read().get("digest") not in digests and time.monotonic() < end:
+            time.sleep(0.2)
+        final = read()
+        stats = [p.stats() for p in ps]
+        for p in ps:
+            p.quit()
+        fps = [s["fps"] for s in samples if s.get("fps")]
+        gaps99 = [s["frame_gap_ms"][1] for s in samples if s.get("frame_gap_ms")]
+        gapmax = [s["frame_gap_ms"][2] for s in samples if s.get("frame_gap_ms")]
+        work99 = [s["frame_work_ms"][1] for s in samples if s.get("frame_work_ms")]
+        pixels = sum(s["pixels_painted"] for s in stats)
+        return dict(
+            peers=peers, strokes_per_peer=strokes, drawing_seconds=round(drawing_s, 1),
+            pixels_painted=pixels,
+            fps_min=round(min(fps), 1), fps_median=round(sorted(fps)[len(fps) // 2], 1),
+            frame_gap_p99_ms_worst=round(max(gaps99), 1),
+            frame_gap_max_ms=round(max(gapmax), 1),
+            frame_work_p99_ms_worst=round(max(work99), 2),
+            kernel_drops=(after.get("kernel_drops") or 0) - (before.get("kernel_drops") or 0),
+            window_gaps=after.get("gaps", 0) - before.get("gaps", 0),
+            converged=len(digests) == 1 and final.get("digest") in digests,
+        )
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        xvfb.terminate()
+        xvfb.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_section(name: str, text: str) -> None:
+    path = ROOT / "docs" / "BENCHMARKS.md"
+    doc = path.read_text() if path.exists() else "# Benchmarks\n"
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    if start in doc:
+        doc = doc[:doc.index(start)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    path.write_text(doc)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("workload", choices=["ui"])
+    ap.add_argument("--peers", type=int, default=8)
+    ap.add_argument("--strokes", type=int, default=40)
+    ap.add_argument("--write", action="store_true", help="write docs/BENCHMARKS.md")
+    a = ap.parse_args()
+    ensure_netns()
+    r = bench_ui(a.peers, a.strokes)
+    print(json.dumps(r, indent=2))
+    if a.write:
+        cmd = f".venv/bin/python scripts/bench.py ui --peers {a.peers} --strokes {a.strokes} --write"
+        write_section("ui", f"""## The window with {a.peers} peers drawing at once
+
+Command: `{cmd}` ({time.strftime('%Y-%m-%d')}; {machine()}). A 1280x800 window on a
+1920x1080 board under Xvfb (software OpenGL), {a.peers} headless peer processes on the same
+host drawing {a.strokes} strokes each at mouse rate (120 points/s, widths 2 to 20) for
+{r['drawing_seconds']} s, {r['pixels_painted']:,} pixels painted; everything on the same 2 cores.
+
+| figure | value |
+|---|---|
+| frames per second, median (lowest 0.25 s sample) | {r['fps_median']} ({r['fps_min']}) |
+| time between frames, worst p99 over the samples | {r['frame_gap_p99_ms_worst']} ms |
+| longest time between two frames | {r['frame_gap_max_ms']} ms |
+| the window's own work per frame (blit + cursors), worst p99 | {r['frame_work_p99_ms_worst']} ms |
+| datagrams dropped by the kernel at the window's socket | {r['kernel_drops']} |
+| gaps the window had to repair | {r['window_gaps']} |
+| window and every peer identical at the end | {r['converged']} |
+""")
+
+
+if __name__ == "__main__":
+    main()
