@@ -41,10 +41,16 @@ class PeerInfo:
     color: Color
     loss_rate: float  #: share of its datagrams that we found missing (then repaired)
     joining: bool
+    rtt: float | None = None  #: round trip time in seconds (None until measured)
+
+    @property
+    def lag(self) -> float | None:
+        """One-way delay to it, estimated as half the round trip (seconds)."""
+        return None if self.rtt is None else self.rtt / 2
 
     @classmethod
     def of(cls, p: Peer) -> PeerInfo:
-        return cls(p.id, p.name, p.color, p.loss_rate, p.joining)
+        return cls(p.id, p.name, p.color, p.loss_rate, p.joining, p.rtt)
 
 
 def _color(color: Sequence[int]) -> Color:
@@ -142,7 +148,23 @@ class Board:
         d["board_rejected"] = b.rejected
         d["board_stale"] = b.stale
         d["board_forced_folds"] = b.forced_folds
+        if self.edge is not None:
+            from .net.sockets import socket_drops
+
+            drops = socket_drops(self.edge.sock) if not self.edge.closed else None
+            if drops is not None:
+                d["kernel_drops"] = drops
         return d
+
+    @property
+    def silent_for(self) -> float:
+        """Seconds since we last heard any other peer."""
+        return max(0.0, self._now() - self.engine._last_heard_other)
+
+    @property
+    def rejoined_at(self) -> float | None:
+        """Loop time of the last re-join of the group after a silence (None: never)."""
+        return self.edge.rejoined_at if self.edge is not None else None
 
     @property
     def joining(self) -> bool:
@@ -379,7 +401,7 @@ async def start_board(group=None, port=None, iface=None, ttl=None, name=None, si
              info.iface or "the default interface", info.rcvbuf_granted)
     try:
         engine = Engine(config, timers=timers, now=loop.time())
-        edge = Edge(engine, sock, (config.group, config.port), loop)
+        edge = Edge(engine, sock, (config.group, config.port), loop, iface=config.iface)
         board = Board(engine, edge, info)
         edge.start()
     except BaseException:

@@ -113,6 +113,12 @@ class Board:
                             hashlib.blake2b(self._color.data, digest_size=16).hexdigest())
         return self._digest[1]
 
+    @property
+    def version(self) -> int:
+        """A counter bumped by every change of the picture (equal versions: same pixels)."""
+        self._sync()
+        return self._version
+
     def take_dirty(self) -> tuple[int, int, int, int] | None:
         """The rectangle (x0, y0, x1, y1; exclusive) changed since the last call, or None."""
         self._sync()

@@ -67,6 +67,25 @@ class Unrecoverable:
 
 
 @dataclass(frozen=True, slots=True)
+class Silence:
+    """Nothing heard from any other peer for ``seconds``. The network edge re-joins the
+    multicast group when it sees this (switches that snoop IGMP without a querier stop
+    forwarding a group after a few minutes); it comes again, less and less often, while
+    the silence lasts."""
+
+    seconds: float
+    had_peers: bool  #: peers were here before (else we may simply be alone)
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    """A peer holds the same datagrams as we do but shows another board (a restarted
+    peer, datagrams nobody could repair): we fetch its state and merge it."""
+
+    peer: int
+
+
+@dataclass(frozen=True, slots=True)
 class CursorMoved:
     """A remote pointer (ephemeral: never stored or repaired)."""
 
@@ -77,4 +96,4 @@ class CursorMoved:
 
 
 Event = (PeerJoined | PeerUpdated | PeerLeft | SizeMismatch | VersionMismatch | JoinComplete
-         | Unrecoverable | CursorMoved)
+         | Unrecoverable | CursorMoved | Silence | Divergence)

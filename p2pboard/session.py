@@ -45,8 +45,10 @@ numbers per source (the receive window), the repair cache (bytes), hold-downs, s
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
+import struct
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field, fields
 
@@ -55,8 +57,8 @@ import numpy as np
 from . import store, wire
 from .board import Board
 from .config import Config
-from .events import (CursorMoved, Event, JoinComplete, PeerJoined, PeerLeft, PeerUpdated,
-                     SizeMismatch, Unrecoverable, VersionMismatch)
+from .events import (CursorMoved, Divergence, Event, JoinComplete, PeerJoined, PeerLeft,
+                     PeerUpdated, Silence, SizeMismatch, Unrecoverable, VersionMismatch)
 from .ops import UNDO_WINDOW, Clear, Color, Image, Paint, Record, StrokePath, Toggle
 from .pacing import TokenBucket
 
@@ -92,6 +94,13 @@ class Timers:
     max_peers: int = 512
     repair_cache_bytes: int = 96 << 20
     burst: int = 96 * 1024
+    silence_rejoin: float = 4.0  # nothing heard from anyone this long: re-join the group,
+    silence_rejoin_max: float = 60.0  # then again after twice as long, up to this
+    anti_entropy_interval: float = 5.0  # fetch a diverging peer's state at most this often
+    flood_rate: float = 20_000.0  # datagrams/s accepted from one (address, sender)
+    repairs_per_datagram: int = 4  # repairs of one datagram per second, at most
+    repair_budget_rate: float = 2048.0  # datagrams/s one requester's NACKs may get repaired
+    repair_budget_burst: float = 8192.0
 
 
 @dataclass
@@ -130,6 +139,13 @@ class Stats:
     rejected_snapshot: int = 0
     rejected_cap: int = 0
     rejected_records: int = 0  # invalid toggles and the like inside valid datagrams
+    rejected_flood: int = 0  # over one sender's flood_rate
+    rejected_spoofed: int = 0  # a peer id heard from another address than its own
+    rejected_repair: int = 0  # a "repair" of a datagram nobody said exists
+    repairs_refused: int = 0  # NACKs over the per-datagram or per-requester repair budget
+    rejoins: int = 0  # multicast group re-joined after a silence
+    divergences: int = 0  # same datagrams as a peer, another board: its state was merged
+    departed_folds: int = 0  # authors whose operations became final after their goodbye
     pixels_painted: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -157,6 +173,7 @@ class Source:
     first_seen: int = 0
     given_up: bool = False
     give_ups: int = 0  # snapshots asked for because of this source, without progress
+    finished: int = 0  # the seq of its goodbye: once held up to it, nothing more can come
 
 
 @dataclass
@@ -171,6 +188,9 @@ class Peer:
     datagrams: int = 0  # DATA received from it
     lost: int = 0  # of its datagrams found missing here
     alive: bool = True
+    rtt: float | None = None  # smoothed round trip time, from the echoes in SESSION
+    last_ts: int = 0  # ``ts`` of its last SESSION, echoed back in ours
+    ts_heard: float = 0.0  # when we heard that SESSION
 
     @property
     def loss_rate(self) -> float:
@@ -186,11 +206,36 @@ class _SnapServe:
     last_used: float
 
 
+class _Buckets:
+    """Token buckets keyed by something a peer sends, at most ``cap`` of them."""
+
+    def __init__(self, rate: float, burst: float, cap: int) -> None:
+        self.rate, self.burst, self.cap = rate, burst, cap
+        self._b: dict[object, TokenBucket] = {}
+
+    def take(self, key: object, n: float, now: float) -> bool:
+        b = self._b.get(key)
+        if b is None:
+            if len(self._b) >= self.cap:
+                self.prune(now)
+                if len(self._b) >= self.cap:
+                    return True  # no room to track it: let it through (counted elsewhere)
+            b = self._b[key] = TokenBucket(self.rate, self.burst)
+        return b.try_consume(n, now)
+
+    def prune(self, now: float) -> None:
+        """Forget buckets that have been idle long enough to be full again."""
+        idle = self.burst / self.rate
+        for k in [k for k, b in self._b.items() if b._at is not None and now - b._at > idle]:
+            del self._b[k]
+
+
 @dataclass
 class _SnapFetch:
     req_id: int
     started: float
     asked_at: float
+    target: int = 0  # the peer asked first (one that holds what we miss); 0: anyone
     attempts: int = 0
     server: int = 0
     snap_id: int = 0
@@ -262,6 +307,18 @@ class Engine:
         self._heard_synced_peer = False
         self._serve: dict[int, _SnapServe] = {}
         self._snap_answers: dict[tuple[int, int], float] = {}  # (joiner, req) -> due
+        # defences against hostile or broken peers
+        t = self.timers
+        self._bound: dict[int, list] = {}  # peer id -> [address, last heard from it]
+        self._flood = _Buckets(t.flood_rate, t.flood_rate, 4096)
+        self._requesters = _Buckets(t.repair_budget_rate, t.repair_budget_burst, 1024)
+        self._repaired: dict[tuple[int, int], list] = {}  # key -> [window start, repairs]
+        # silence and anti-entropy
+        self._last_heard_other = now
+        self._silence_wait = t.silence_rejoin
+        self._silence_at = now + t.silence_rejoin
+        self._session_version = -1  # board version when our last SESSION went out
+        self._ae_asked: dict[int, float] = {}
         self._send_snap_req(now)
         self._send_session(now)
         self._my_source = self._sources.setdefault(self.id, Source(self.id))
@@ -291,7 +348,7 @@ class Engine:
 
     def get_timer(self) -> float | None:
         """The next time :meth:`handle_timer` must be called (None: never, until input)."""
-        cands = [self._session_at, self._next_expiry]
+        cands = [self._session_at, self._next_expiry, self._silence_at]
         if self._open_deadline is not None:
             cands.append(self._open_deadline)
         if self._hb_at is not None:
@@ -511,8 +568,9 @@ class Engine:
 
     # ------------------------------------------------------------------ input
 
-    def receive_datagram(self, data: bytes, now: float) -> None:
-        """One datagram from the network. Never raises on bad input: counts and drops."""
+    def receive_datagram(self, data: bytes, addr: tuple | None, now: float) -> None:
+        """One datagram from the network, sent from ``addr`` ((host, port), or None when
+        unknown). Never raises on bad input: counts and drops."""
         self._now = max(self._now, now)
         st = self.stats
         st.datagrams_received += 1
@@ -524,6 +582,10 @@ class Engine:
             return
         if h.sender == self.id:
             st.ignored_own += 1
+            return
+        host = addr[0] if addr else None
+        if not self._flood.take((host, h.sender), 1, now):
+            st.rejected_flood += 1
             return
         if h.version != wire.VERSION:
             st.rejected_version += 1
@@ -546,6 +608,16 @@ class Engine:
                 if name is not None and not self._warned(("size", h.sender)):
                     self._events.append(SizeMismatch(h.sender, name, (h.width, h.height)))
             return
+        if host is not None and not (h.type == wire.MsgType.DATA and h.flags & wire.FLAG_REPAIR):
+            # A repair carries its author's id but comes from any holder; everything else
+            # must come from the address the sender id was first heard from.
+            if not self._bind(h.sender, host, now):
+                st.rejected_spoofed += 1
+                return
+        self._last_heard_other = now
+        if self._silence_wait != self.timers.silence_rejoin:
+            self._silence_wait = self.timers.silence_rejoin
+        self._silence_at = now + self._silence_wait
         body = memoryview(data)[wire.HEADER.size:]
         try:
             handler = self._handlers[h.type]
@@ -554,6 +626,27 @@ class Engine:
             st.rejected_malformed += 1
         except store.StoreError:
             st.rejected_snapshot += 1
+
+    def _bind(self, peer: int, host: str, now: float) -> bool:
+        """Is ``host`` the address of ``peer``? The first address heard binds an id; a
+        new one takes over only once the old one has been silent for ``peer_timeout``."""
+        b = self._bound.get(peer)
+        if b is None:
+            if len(self._bound) >= 2 * self.timers.max_sources:
+                limit = now - self.timers.peer_timeout
+                for k in [k for k, v in self._bound.items() if v[1] < limit]:
+                    del self._bound[k]
+                if len(self._bound) >= 2 * self.timers.max_sources:
+                    return True  # nothing to spare: accept unbound rather than refuse peers
+            self._bound[peer] = [host, now]
+            return True
+        if b[0] == host:
+            b[1] = now
+            return True
+        if now - b[1] > self.timers.peer_timeout:
+            b[0], b[1] = host, now
+            return True
+        return False
 
     _warned_keys: set
 
@@ -616,15 +709,22 @@ class Engine:
         src.give_ups += 1
         self._events.append(Unrecoverable(src.id, count))
         if src.give_ups > GIVE_UPS:
-            self.stats.unrecoverable += len(src.missing)
-            src.held.update(src.missing)
+            # Nobody holds them: skip the whole gap (not only the numbers we enumerated:
+            # a gap beyond snapshot_gap never was), counting what was never held.
+            top = max(src.highest, src.contiguous)
+            held_below = [s for s in src.held if s <= top]
+            self.stats.unrecoverable += top - src.contiguous - len(held_below)
+            for s in held_below:
+                src.held.discard(s)
+                src.settled = max(src.settled, src.maxop.pop(s, 0))
+            src.contiguous = top
             src.missing.clear()
             src.given_up = False
             src.give_ups = 0
             self._advance(src)
             return
         src.missing.clear()
-        self._start_fetch(now)
+        self._start_fetch(now, target=self._holder_of(src))
 
     def _on_data(self, h: wire.Header, body, data: bytes, now: float) -> None:
         repair = bool(h.flags & wire.FLAG_REPAIR)
@@ -643,6 +743,11 @@ class Engine:
             return
         if seq <= src.contiguous or seq in src.held:
             self.stats.duplicates += 1
+            return
+        if repair and src.anchored and seq > src.highest:
+            # Nobody has told us this datagram exists: not a repair we (or anyone we heard)
+            # could have asked for. Genuine ones are NACKed, and so repaired, later.
+            self.stats.rejected_repair += 1
             return
         if src.anchored and seq > src.contiguous + self.timers.receive_window:
             self.stats.rejected_window += 1
@@ -696,6 +801,12 @@ class Engine:
         if moved and src.anchored:
             # Records of opno < the largest seen are complete; that opno may continue.
             self.board.settle(src.id, src.settled - 1)
+        if src.finished and src.anchored and src.contiguous >= src.finished:
+            # It said goodbye and we hold all it sent: none of its operations can change
+            # any more (ids are per run), so they are final and fold into the base layer.
+            src.finished = 0
+            self.board.settle(src.id, src.settled + UNDO_WINDOW)
+            self.stats.departed_folds += 1
 
     def _on_heartbeat(self, h, body, data, now) -> None:
         self._touch(h, now)
@@ -705,6 +816,10 @@ class Engine:
 
     def _on_goodbye(self, h, body, data, now) -> None:
         self._on_heartbeat(h, body, data, now)
+        src = self._sources.get(h.sender)
+        if src is not None and src.id != self.id:
+            src.finished = max(h.seq, 1)
+            self._advance(src)
         p = self._peers.get(h.sender)
         if p is not None and p.alive:
             p.alive = False
@@ -729,6 +844,26 @@ class Engine:
         if not p.joining:
             self._heard_synced_peer = True
         p.holds = {e.source: e.contiguous for e in s.entries}
+        p.last_ts, p.ts_heard = s.ts, now
+        for e in s.entries:
+            if e.source == self.id and e.echo:
+                # RTCP's round trip: our clock now, less our stamp it echoes, less the
+                # time it held it before answering.
+                rtt = ((self._ts(now) - e.echo - e.held) & 0xFFFFFFFF) * wire.TS_UNIT
+                if rtt < 10.0:
+                    p.rtt = rtt if p.rtt is None else p.rtt + (rtt - p.rtt) / 4
+                break
+        if (s.digest and s.vector and not p.joining and not self.joining
+                and self._fetch is None and self.board.version == self._session_version
+                and now - self._ae_asked.get(p.id, -1e9) >= self.timers.anti_entropy_interval
+                and s.vector == self._vector() and s.digest != self._digest64()):
+            # Anti-entropy: it holds exactly the datagrams we hold, yet its board differs
+            # (a restarted peer's file, datagrams nobody could repair). Fetch its state
+            # and merge it; it does the same with ours, and both end with the union.
+            self._ae_asked[p.id] = now
+            self.stats.divergences += 1
+            self._events.append(Divergence(p.id))
+            self._start_fetch(now, target=p.id)
         src = self._source(h.sender, now)
         if src is not None:
             self._announce(src, h.seq, now)
@@ -756,6 +891,7 @@ class Engine:
         if sum(c for _, c in n.ranges) > MAX_NACK_SEQS:
             self.stats.rejected_nack += 1
             return
+        requester = h.sender
         for first, count in n.ranges:
             for seq in range(first, first + count):
                 key = (n.source, seq)
@@ -775,11 +911,37 @@ class Engine:
                 if self._holddown.get(key, -1.0) > now:
                     self.stats.repairs_held_down += 1
                     continue
-                if n.source == self.id:
+                mine = n.source == self.id
+                if not mine and (author_alive and n.attempt < 3 or key in self._holder_repairs):
+                    continue
+                if not self._repair_allowed(key, requester, now):
+                    self.stats.repairs_refused += 1
+                    continue
+                if mine:
                     self._send_repair(key, cached, now)
-                elif (not author_alive or n.attempt >= 3) and key not in self._holder_repairs:
+                else:
                     self._holder_repairs[key] = now + self.rng.uniform(
                         0, self.timers.holder_repair_max)
+
+    def _repair_allowed(self, key: tuple[int, int], requester: int, now: float) -> bool:
+        """NACK amplification: each datagram is repaired at most ``repairs_per_datagram``
+        times a second, and each requester gets at most its budget of repairs."""
+        r = self._repaired.get(key)
+        if r is not None and now - r[0] < 1.0 and r[1] >= self.timers.repairs_per_datagram:
+            return False
+        if not self._requesters.take(requester, 1, now):
+            return False
+        if r is None or now - r[0] >= 1.0:
+            if len(self._repaired) >= MAX_REPAIR_QUEUE * 8:
+                self._prune_repaired(now)
+            self._repaired[key] = [now, 1]
+        else:
+            r[1] += 1
+        return True
+
+    def _prune_repaired(self, now: float) -> None:
+        for k in [k for k, r in self._repaired.items() if now - r[0] >= 1.0]:
+            del self._repaired[k]
 
     def _send_repair(self, key, cached: bytes, now: float) -> None:
         if len(self._repairs) >= MAX_REPAIR_QUEUE:
@@ -800,14 +962,27 @@ class Engine:
         f = self._fetch
         f.asked_at = now
         f.attempts += 1
+        # Ask the chosen holder first; if it does not answer, anyone.
+        target = f.target if f.attempts <= 2 else 0
         self._control.append(wire.encode_snap_req(self.id, self.seq, self.size,
-                                                   wire.SnapReq(f.req_id, 0)))
+                                                   wire.SnapReq(f.req_id, target)))
 
-    def _start_fetch(self, now: float) -> None:
+    def _start_fetch(self, now: float, target: int = 0) -> None:
         if self._fetch is None:
             self._fetch = _SnapFetch(req_id=self.rng.randrange(1, 1 << 32), started=now,
-                                     asked_at=now)
+                                     asked_at=now, target=target)
             self._send_snap_req(now)
+
+    def _holder_of(self, src: Source) -> int:
+        """The live peer that holds most of ``src`` (its author first), or 0."""
+        author = self._peers.get(src.id)
+        if author is not None and author.alive and not author.joining:
+            return src.id
+        best, best_id = src.contiguous, 0
+        for p in self._peers.values():
+            if p.alive and not p.joining and p.holds.get(src.id, 0) > best:
+                best, best_id = p.holds[src.id], p.id
+        return best_id
 
     def _on_snap_req(self, h, body, data, now) -> None:
         r = wire.decode_snap_req(body)
@@ -1028,6 +1203,11 @@ class Engine:
             self._send_session(now)
         if now >= self._next_expiry:
             self._expire(now)
+        if now >= self._silence_at:
+            self._events.append(Silence(now - self._last_heard_other, bool(self._peers)))
+            self.stats.rejoins += 1
+            self._silence_wait = min(2 * self._silence_wait, t.silence_rejoin_max)
+            self._silence_at = now + self._silence_wait
         for src in list(self._sources.values()):
             if src.missing:
                 self._nack_timer(src, now)
@@ -1087,14 +1267,44 @@ class Engine:
             start = getattr(self, "_rotate", 0) % len(others)
             self._rotate = start + wire.MAX_SESSION_ENTRIES
             others = (others[start:] + others[:start])[:wire.MAX_SESSION_ENTRIES]
-        entries = tuple(wire.SourceEntry(s.id, s.contiguous, max(s.highest, s.contiguous))
-                        for s in others)
+        entries = []
+        for s in others:
+            p = self._peers.get(s.id)
+            echo = p.last_ts if p is not None and p.alive else 0
+            held = int((now - p.ts_heard) / wire.TS_UNIT) if echo else 0
+            entries.append(wire.SourceEntry(s.id, s.contiguous, max(s.highest, s.contiguous),
+                                            echo, held))
+        vector = digest = 0
+        version = self.board.version
+        if (version == self._session_version and not self.joining and not self._open
+                and not self._data):
+            # Quiet since our last SESSION: say what we hold and what it looks like, so a
+            # peer holding the same datagrams can tell whether our boards really agree.
+            vector, digest = self._vector(), self._digest64()
+        self._session_version = version
         self._control.append(wire.encode_session(
             self.id, self.seq, self.size,
-            wire.Session(self.config.name, self.config.color, flags, entries)))
+            wire.Session(self.config.name, self.config.color, flags, tuple(entries),
+                         self._ts(now), vector, digest)))
         self.stats.sessions_sent += 1
         self._probe_answer_at = None
         self._session_at = now + self.timers.session_interval * self.rng.uniform(0.8, 1.2)
+
+    @staticmethod
+    def _ts(now: float) -> int:
+        """Our clock for SESSION timestamps: TS_UNITs mod 2^32, never 0 (0 means none)."""
+        return (int(now / wire.TS_UNIT) & 0xFFFFFFFF) or 1
+
+    def _vector(self) -> int:
+        """A hash of how far we hold every source: equal on peers holding the same data."""
+        held = sorted((sid, s.contiguous) for sid, s in self._sources.items()
+                      if s.anchored and s.contiguous)
+        flat = [v for pair in held for v in pair]
+        h = hashlib.blake2b(struct.pack(f"!{len(flat)}I", *flat), digest_size=8).digest()
+        return int.from_bytes(h, "big") or 1
+
+    def _digest64(self) -> int:
+        return int(self.board.digest()[:16], 16) or 1
 
     def _expire(self, now: float) -> None:
         self._next_expiry = now + 0.5
@@ -1108,6 +1318,12 @@ class Engine:
                 del self._peers[pid]
         for k in [k for k, until in self._holddown.items() if until <= now]:
             del self._holddown[k]
+        self._prune_repaired(now)
+        self._flood.prune(now)
+        self._requesters.prune(now)
+        for pid in [pid for pid, t in self._ae_asked.items()
+                    if now - t > self.timers.anti_entropy_interval]:
+            del self._ae_asked[pid]
         for sid in [sid for sid, sv in self._serve.items()
                     if now - sv.last_used > self.timers.snap_keep]:
             del self._serve[sid]

@@ -32,7 +32,8 @@ from . import raster
 from .ops import Clear, Color, Image, Paint, Record, StrokePath, Toggle
 
 MAGIC = b"PB"
-VERSION = 1
+#: 2: SESSION carries a timestamp, per-source echoes (lag) and the anti-entropy digest.
+VERSION = 2
 #: Largest UDP payload we send or accept: survives VPNs, tunnels and Wi-Fi unfragmented.
 MAX_DATAGRAM = 1200
 
@@ -70,10 +71,13 @@ MAX_IMAGE_PIECE = 1 << 18
 ZLEVEL = 6
 
 # Control message bodies.
-SESSION_HEAD = struct.Struct("!IBB")  # rgba flags n_entries ; then name
-SESSION_ENTRY = struct.Struct("!III")  # source contiguous highest
+SESSION_HEAD = struct.Struct("!IBBIQQ")  # rgba flags n_entries ts vector digest ; then name
+SESSION_ENTRY = struct.Struct("!IIIII")  # source contiguous highest echo held
 MAX_NAME_BYTES = 48
-MAX_SESSION_ENTRIES = 64
+#: Session entries per message: fits 1200 bytes with the longest name and a sealed envelope.
+MAX_SESSION_ENTRIES = 48
+#: Timestamps in SESSION (``ts``, ``echo``, ``held``) count in these units, modulo 2^32.
+TS_UNIT = 1e-5
 NACK_HEAD = struct.Struct("!IBB")  # source attempt n_ranges
 RANGE = struct.Struct("!IH")  # first count
 MAX_NACK_RANGES = 64
@@ -121,21 +125,26 @@ class Header:
 
 @dataclass(frozen=True, slots=True)
 class SourceEntry:
-    """One line of a session message: what the sender holds of one source."""
+    """One line of a session message: what the sender holds of one source (peer)."""
 
     source: int
     contiguous: int  #: every datagram up to here is held
     highest: int  #: highest datagram number seen
+    echo: int = 0  #: ``ts`` of the last SESSION heard from ``source`` (0: none), for its RTT
+    held: int = 0  #: TS_UNITs between hearing that SESSION and sending this one
 
 
 @dataclass(frozen=True, slots=True)
 class Session:
-    """Periodic announcement: who I am and what I hold."""
+    """Periodic announcement: who I am, what I hold, and a fingerprint of my board."""
 
     name: str
     color: Color
     flags: int
     entries: tuple[SourceEntry, ...]
+    ts: int = 0  #: sender's clock in TS_UNITs mod 2^32; echoed back so peers measure RTT
+    vector: int = 0  #: hash of (source, contiguous) of all held sources; 0: not given
+    digest: int = 0  #: first 8 bytes of the board digest, valid with ``vector``; 0: not given
 
 
 @dataclass(frozen=True, slots=True)
@@ -582,9 +591,11 @@ def encode_session(sender: int, seq: int, size: tuple[int, int], s: Session) -> 
     name = s.name.encode("utf-8")[:MAX_NAME_BYTES]
     entries = s.entries[:MAX_SESSION_ENTRIES]
     parts = [encode_header(MsgType.SESSION, sender, seq, size),
-             SESSION_HEAD.pack(_rgba_u32(s.color), s.flags, len(entries)),
+             SESSION_HEAD.pack(_rgba_u32(s.color), s.flags, len(entries), s.ts & 0xFFFFFFFF,
+                               s.vector, s.digest),
              bytes([len(name)]), name]
-    parts += [SESSION_ENTRY.pack(e.source, e.contiguous, e.highest) for e in entries]
+    parts += [SESSION_ENTRY.pack(e.source, e.contiguous, e.highest, e.echo & 0xFFFFFFFF,
+                                 min(e.held, 0xFFFFFFFF)) for e in entries]
     return b"".join(parts)
 
 
@@ -592,7 +603,7 @@ def decode_session(body: memoryview | bytes) -> Session:
     body = bytes(body)
     if len(body) < SESSION_HEAD.size + 1:
         raise DecodeError(f"session body of {len(body)} bytes is truncated")
-    rgba, flags, n = SESSION_HEAD.unpack_from(body)
+    rgba, flags, n, ts, vector, digest = SESSION_HEAD.unpack_from(body)
     pos = SESSION_HEAD.size
     nl = body[pos]
     pos += 1
@@ -605,11 +616,12 @@ def decode_session(body: memoryview | bytes) -> Session:
         raise DecodeError(f"session with {n} entries has {len(body) - pos} bytes for them")
     entries = []
     for i in range(n):
-        src, contiguous, highest = SESSION_ENTRY.unpack_from(body, pos + i * SESSION_ENTRY.size)
+        src, contiguous, highest, echo, held = SESSION_ENTRY.unpack_from(
+            body, pos + i * SESSION_ENTRY.size)
         if contiguous > highest:
             raise DecodeError(f"entry for {src:08x}: contiguous {contiguous} > highest {highest}")
-        entries.append(SourceEntry(src, contiguous, highest))
-    return Session(name, _u32_rgba(rgba), flags, tuple(entries))
+        entries.append(SourceEntry(src, contiguous, highest, echo, held))
+    return Session(name, _u32_rgba(rgba), flags, tuple(entries), ts, vector, digest)
 
 
 def _encode_ranges(ranges) -> bytes:

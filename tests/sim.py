@@ -38,6 +38,11 @@ class SimPeer:
     timer_version: int = 0
     lossy: float | None = None  # this receiver's own loss rate, overriding Faults.loss
 
+    @property
+    def addr(self) -> tuple[str, int]:
+        """The simulated host's address (one host per peer), as recvfrom would give it."""
+        return (f"198.18.{self.index // 250}.{self.index % 250 + 1}", 47777)
+
 
 @dataclass
 class Tally:
@@ -154,10 +159,11 @@ class SimNet:
             delay = f.latency + rng.random() * f.jitter
             if rng.random() < f.reorder:
                 delay += rng.random() * f.reorder_delay
-            heapq.heappush(self._q, (self.now + delay, next(self._tie), "recv", q, d))
+            heapq.heappush(self._q, (self.now + delay, next(self._tie), "recv", q,
+                                     (d, src.addr)))
             if rng.random() < f.duplicate:
                 heapq.heappush(self._q, (self.now + delay + rng.random() * 0.002,
-                                         next(self._tie), "recv", q, d))
+                                         next(self._tie), "recv", q, (d, src.addr)))
         if is_data and not repair and lost_here:
             t.loss_events += 1
             t.lost_copies += lost_here
@@ -173,7 +179,7 @@ class SimNet:
                     continue
                 p.engine.handle_timer(self.now)
             else:
-                p.engine.receive_datagram(payload, self.now)
+                p.engine.receive_datagram(payload[0], payload[1], self.now)
             self._after(p)
         self.now = max(self.now, t_end)
 

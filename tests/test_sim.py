@@ -226,13 +226,14 @@ def test_hostile_datagrams_are_counted_never_applied():
         d = bytearray(rng.choice(junk) or b"x")
         if d and rng.random() < 0.5:
             d[rng.randrange(len(d))] = rng.randrange(256)
-        e.receive_datagram(bytes(d), net.now)
+        e.receive_datagram(bytes(d), ("198.18.9.9", 47777), net.now)
     for i in range(2000):  # a flood of well-formed data far ahead: bounded state
         e.receive_datagram(hdr(wire.MsgType.DATA, 0xDEAD, 1_000_000 + i, size)
                            + wire.encode_clear(__import__("p2pboard.ops").ops.Clear(0xDEAD, 1, 5)),
-                           net.now)
+                           ("198.18.9.9", 47777), net.now)
     s = e.stats
-    assert s.rejected_malformed + s.rejected_size + s.rejected_version + s.rejected_nack > 1000
+    assert (s.rejected_malformed + s.rejected_size + s.rejected_version + s.rejected_nack
+            + s.rejected_spoofed) > 1000
     assert e.board.digest() == good
     assert len(e._repairs) == 0
     src = e.source_state(0xDEAD)
@@ -245,7 +246,7 @@ def test_size_mismatch_is_reported_not_merged():
     other = Engine(__import__("p2pboard.config").config.Config(name="big", size=(W * 2, H)),
                    rng=random.Random(1))
     for d in other.datagrams_to_send(0.0):
-        a.engine.receive_datagram(d, 0.0)
+        a.engine.receive_datagram(d, ("198.18.9.8", 47777), 0.0)
     evs = []
     while (ev := a.engine.next_event()) is not None:
         evs.append(ev)
@@ -332,3 +333,91 @@ class Churn(RuleBasedStateMachine):
 TestChurn = Churn.TestCase
 TestChurn.settings = settings(max_examples=25, stateful_step_count=30, deadline=None,
                               suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_every_peer_measures_the_round_trip_to_every_other():
+    net = SimNet(30, Faults(latency=0.002, jitter=0.0))
+    peers = start(net, 4)
+    net.run_for(5.0)
+    for p in peers:
+        rtts = [q.rtt for q in p.engine.peers.values()]
+        assert len(rtts) == 3 and all(r is not None for r in rtts), rtts
+        assert all(0.0039 <= r <= 0.0045 for r in rtts), rtts  # 2 x 2 ms, plus timer slack
+
+
+def test_anti_entropy_repairs_a_board_that_sequence_numbers_cannot_see():
+    net = SimNet(31)
+    a, b, c = start(net, 3)
+    rng = random.Random(11)
+    for _ in range(5):
+        scribble(net, a, rng)
+    net.settle()
+    # b alone holds an operation that came with no datagram the others could NACK (as a
+    # restarted peer's file would): equal sequence numbers, different boards.
+    ghost = 0x60057
+    pix = raster.stroke_pixels([(3, 3), (40, 30)], 4, W, H)
+    from p2pboard.ops import Paint
+    b.engine.board.apply(Paint(ghost, 1, 1 << 20, (9, 99, 199, 255), pix), ghost, 1, 0)
+    assert b.engine.board.digest() != a.engine.board.digest()
+    net.settle(limit=20)
+    assert a.engine.board.digest() == b.engine.board.digest() == c.engine.board.digest()
+    assert ((a.engine.board.stamps & 0xFFFFFFFF) == ghost).sum() == pix.size
+    assert a.engine.stats.divergences + c.engine.stats.divergences >= 1
+
+
+def test_a_peer_that_says_goodbye_has_its_operations_folded_everywhere():
+    net = SimNet(32, Faults(loss=0.05))
+    a, b, c = start(net, 3)
+    rng = random.Random(12)
+    for _ in range(20):
+        scribble(net, a, rng)
+        net.run_for(0.003)
+    net.settle()
+    author = a.engine.id
+    assert any(op[0] == author for op in b.engine.board._ops)
+    net.leave(a)
+    net.settle()
+    for p in (b, c):
+        assert not any(op[0] == author for op in p.engine.board._ops)
+        assert p.engine.stats.departed_folds == 1
+    assert b.engine.board.digest() == c.engine.board.digest()
+
+
+def test_silence_makes_the_edge_rejoin_less_and_less_often_and_hearing_resets_it():
+    from p2pboard.events import Silence
+
+    net = SimNet(33)
+    a, b = start(net, 2)
+    net.filter = lambda s, d, dgram: d != b.index  # b hears nothing any more
+    net.run_for(40.0)
+    evs = []
+    while (ev := b.engine.next_event()) is not None:
+        evs.append(ev)
+    silences = [ev for ev in evs if isinstance(ev, Silence)]
+    # after 4, 4+8, 4+8+16 s of silence (the next would be at 60 s)
+    assert [round(ev.seconds) for ev in silences] == [4, 12, 28], silences
+    assert all(ev.had_peers for ev in silences)
+    assert b.engine.stats.rejoins == 3
+    net.filter = None
+    net.run_for(2.0)  # a's next session message arrives
+    assert b.engine._silence_wait == b.engine.timers.silence_rejoin
+    assert b.engine._silence_at > net.now + 2.0
+
+
+def test_a_long_partition_heals_by_snapshot_from_a_peer_that_holds_the_other_side():
+    from p2pboard.session import Timers
+
+    net = SimNet(34, timers=Timers(snapshot_gap=40))
+    peers = start(net, 6)
+    rng = random.Random(13)
+    net.partition({p.index: (0 if p.index < 3 else 1) for p in peers})
+    for _ in range(150):  # far more datagrams per side than NACKs may ask for
+        scribble(net, peers[rng.randrange(3)], rng)
+        scribble(net, peers[3 + rng.randrange(3)], rng)
+        net.run_for(0.003)
+    net.run_for(1.0)
+    net.heal()
+    net.settle(limit=60)
+    for p in peers:
+        assert p.engine.stats.unrecoverable == 0
+    assert sum(p.engine.stats.snapshots_received for p in peers) >= 2

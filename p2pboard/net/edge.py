@@ -15,8 +15,9 @@ import logging
 import socket
 from collections.abc import Callable
 
-from ..events import Event
+from ..events import Event, Silence
 from ..session import Engine
+from .sockets import rejoin_group
 
 log = logging.getLogger("p2pboard.net")
 
@@ -26,10 +27,14 @@ READ_BATCH = 512  # datagrams read per wake-up before yielding to the loop
 
 class Edge:
     def __init__(self, engine: Engine, sock: socket.socket, dest: tuple[str, int],
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None,
+                 iface: str | None = None) -> None:
         self.engine = engine
         self.sock = sock
         self.dest = dest
+        self.iface = iface  #: interface address the group was joined on (None: default)
+        self.rejoined_at: float | None = None  #: loop time of the last re-join
+        self.rejoin_error: str | None = None
         self.loop = loop or asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -50,19 +55,19 @@ class Edge:
     # -------------------------------------------------------------- receive
 
     def _readable(self) -> None:
-        recv = self.sock.recv
+        recv = self.sock.recvfrom
         engine = self.engine
         now = self.loop.time()
         for _ in range(READ_BATCH):
             try:
-                data = recv(RECV_SIZE)
+                data, addr = recv(RECV_SIZE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as err:  # e.g. ICMP errors reported on the socket
                 self._fault("receive failed: %s", err)
                 break
             try:
-                engine.receive_datagram(data, now)
+                engine.receive_datagram(data, addr, now)
             except Exception:  # noqa: BLE001 - a bug must not take the peer down
                 self._fault("engine failed on a datagram", exc_info=True)
         self.pump()
@@ -135,11 +140,31 @@ class Edge:
 
     def _deliver_events(self) -> None:
         while (ev := self.engine.next_event()) is not None:
+            if isinstance(ev, Silence):
+                self._rejoin(ev)
             for fn in list(self._listeners):
                 try:
                     fn(ev)
                 except Exception:  # noqa: BLE001 - a listener's bug is its own
                     log.exception("event listener failed on %r", ev)
+
+    def _rejoin(self, ev: Silence) -> None:
+        group, _ = self.dest
+        try:
+            rejoin_group(self.sock, group, self.iface)
+        except OSError as err:
+            self.rejoin_error = str(err)
+            log.warning("heard nobody for %.0f s; re-joining %s failed: %s", ev.seconds, group,
+                        err.strerror or err)
+            return
+        self.rejoin_error = None
+        self.rejoined_at = self.loop.time()
+        if ev.had_peers:
+            log.warning("heard nobody for %.0f s: re-joined the multicast group %s (a switch "
+                        "may have stopped forwarding it)", ev.seconds, group)
+        else:
+            log.info("nobody here for %.0f s: re-joined the multicast group %s", ev.seconds,
+                     group)
 
     def _fault(self, msg: str, *args, exc_info: bool = False) -> None:
         self._faults += 1

@@ -109,9 +109,7 @@ def open_multicast_socket(group: str, port: int, iface: str | None = None, *, tt
             step = "turn off IP_MULTICAST_ALL"
             sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
         step = f"join {group} on {iface or 'the default interface'}"
-        mreq = struct.pack("4s4s", socket.inet_aton(group),
-                           socket.inet_aton(iface or "0.0.0.0"))
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _mreq(group, iface))
         if iface is not None:
             step = f"send through {iface}"
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(iface))
@@ -139,6 +137,24 @@ def open_multicast_socket(group: str, port: int, iface: str | None = None, *, tt
             f"{iface or 'the default interface'}: {err.strerror or err}{hint}",
             names, err.errno) from err
     return sock, info
+
+
+def _mreq(group: str, iface: str | None) -> bytes:
+    # ip_mreq: 8 bytes (group, interface address); the common "4sl" recipe is 16 bytes
+    # on 64-bit Linux and joins on the wrong interface.
+    return struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton(iface or "0.0.0.0"))
+
+
+def rejoin_group(sock: socket.socket, group: str, iface: str | None) -> None:
+    """Leave and join ``group`` again, which sends a fresh IGMP membership report: a switch
+    that snoops IGMP and has dropped us (no querier on the LAN) forwards the group again.
+    Raises OSError if the join fails (the interface went away)."""
+    mreq = _mreq(group, iface)
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_DROP_MEMBERSHIP, mreq)
+    except OSError:
+        pass  # not a member any more (interface down and up): joining is what matters
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
 
 
 def list_ipv4_interfaces() -> list[tuple[str, str]]:

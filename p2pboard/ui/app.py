@@ -94,6 +94,21 @@ def _swatch(widget, rgba) -> None:
                 size=lambda w, v: setattr(w._swatch_rect, "size", v))
 
 
+def link_health(p) -> str:
+    """One line on the link to a peer, red or amber when it is bad (Kivy markup)."""
+    if p.joining:
+        return "joining…"
+    lag = "lag …" if p.lag is None else f"lag {1000 * p.lag:.1f} ms"
+    text = f"loss {100 * p.loss_rate:.1f}% · {lag}"
+    bad = p.loss_rate >= 0.10 or (p.lag or 0) >= 0.1
+    poor = p.loss_rate >= 0.02 or (p.lag or 0) >= 0.02
+    if bad:
+        return f"[color=c62828]{text}[/color]"
+    if poor:
+        return f"[color=b26a00]{text}[/color]"
+    return text
+
+
 class BoardApp(App):
     title = "p2pboard"
 
@@ -543,6 +558,12 @@ class BoardApp(App):
             return
         n = len(b.peers) + 1
         state = "joining…" if b.joining else "in sync" if b.synced() else "catching up…"
+        silent = b.silent_for
+        if b.rejoined_at is not None and silent >= b.engine.timers.silence_rejoin and (
+                b.engine._peers):
+            # Peers were here and have gone quiet together: the network, not them.
+            state = (f"[color=c62828]no one heard for {silent:.0f} s; re-joined the "
+                     f"group[/color]")
         flash = getattr(self, "_flash", None)
         extra = ""
         if flash and time.monotonic() - flash[1] < 8:
@@ -566,27 +587,38 @@ class BoardApp(App):
         self._write_state()
 
     def _refresh_peers(self) -> None:
-        peers = sorted(self.board.peers.values(), key=lambda p: p.name.lower())
-        key = [(p.id, p.name, p.color, round(p.loss_rate, 3), p.joining) for p in peers]
-        if key == getattr(self, "_peer_key", None):
-            return
-        self._peer_key = key
-        box = self.peer_box
-        box.clear_widgets()
-        rows = [(self.cfg.name + " (you)", self.cfg.color, "")]
+        """The people list. Rows are rebuilt only when who is here changes; the link health
+        of each (loss and lag, coloured when bad) is updated in place."""
+        peers = sorted(self.board.peers.values(), key=lambda p: (p.name.lower(), p.id))
+        key = [(p.id, p.name, p.color) for p in peers] + [(self.cfg.name, self.cfg.color)]
+        if key != getattr(self, "_peer_key", None):
+            self._peer_key = key
+            self._health_labels = {}
+            box = self.peer_box
+            box.clear_widgets()
+            rows = [(0, self.cfg.name + " (you)", self.cfg.color)]
+            rows += [(p.id, p.name, p.color) for p in peers]
+            for pid, name, color in rows:
+                row = BoxLayout(orientation="vertical", size_hint_y=None, height=dp(38))
+                top = BoxLayout(spacing=dp(6))
+                dot = Widget(size_hint=(None, None), size=(dp(14), dp(14)))
+                _swatch(dot, color)
+                top.add_widget(dot)
+                top.add_widget(Label(text=name, color=(0.1, 0.1, 0.1, 1), halign="left",
+                                     valign="middle", shorten=True, text_size=(dp(190), None)))
+                row.add_widget(top)
+                health = Label(text="", color=(0.4, 0.4, 0.4, 1), font_size="11sp",
+                               halign="left", valign="top", markup=True,
+                               size_hint_y=None, height=dp(14), text_size=(dp(190), dp(14)),
+                               padding=(dp(20), 0))
+                row.add_widget(health)
+                self._health_labels[pid] = health
+                box.add_widget(row)
         for p in peers:
-            health = "joining" if p.joining else f"loss {100 * p.loss_rate:.1f}%"
-            rows.append((p.name, p.color, health))
-        for name, color, health in rows:
-            row = BoxLayout(size_hint_y=None, height=dp(26), spacing=dp(6))
-            dot = Widget(size_hint=(None, None), size=(dp(14), dp(14)))
-            _swatch(dot, color)
-            row.add_widget(dot)
-            row.add_widget(Label(text=name, color=(0.1, 0.1, 0.1, 1), halign="left",
-                                 shorten=True, text_size=(dp(120), None)))
-            row.add_widget(Label(text=health, color=(0.4, 0.4, 0.4, 1), font_size="11sp",
-                                 size_hint_x=None, width=dp(70)))
-            box.add_widget(row)
+            label = self._health_labels.get(p.id)
+            if label is not None:
+                label.text = link_health(p)
+
 
     def _write_state(self) -> None:
         if not self._state_file:

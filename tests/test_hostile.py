@@ -1,0 +1,159 @@
+"""Hostile and broken peers, in the simulator: each attack is aimed at a real engine, which
+must keep serving everyone else with bounded memory and work, and count what it refused."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from p2pboard import raster, wire
+from p2pboard.ops import Paint
+
+from .sim import SimNet
+from .test_sim import H, W, scribble, start
+
+ATTACKER = ("198.18.99.99", 47777)
+
+
+def _inbox(net: SimNet, peer) -> list[bytes]:
+    """Capture what ``peer`` sends from now on (in addition to delivering it)."""
+    sent: list[bytes] = []
+    old = net.filter
+
+    def spy(s, d, dgram):
+        if s == peer.index:
+            sent.append(dgram)
+        return old(s, d, dgram) if old else True
+
+    net.filter = spy
+    return sent
+
+
+def test_a_spoofed_sender_id_from_another_address_is_refused():
+    net = SimNet(21)
+    a, b, c = start(net, 3)
+    rng = random.Random(1)
+    for _ in range(5):
+        scribble(net, a, rng)
+    net.settle()
+    good = c.engine.board.digest()
+    e = c.engine
+    size = (W, H)
+    # A goodbye, a heartbeat announcing 1000 datagrams and a paint record, all in a's name.
+    fake_paint = wire.encode_paint(
+        Paint(a.engine.id, 99, 1 << 20, (255, 0, 0, 255), np.arange(50, dtype=np.int64)), W)
+    forged = [wire.encode_empty(wire.MsgType.GOODBYE, a.engine.id, 0, size),
+              wire.encode_empty(wire.MsgType.HEARTBEAT, a.engine.id, 1000, size),
+              wire.encode_header(wire.MsgType.DATA, a.engine.id, a.engine.seq + 1, size)
+              + fake_paint[0][0]]
+    for d in forged:
+        e.receive_datagram(d, ATTACKER, net.now)
+    assert e.stats.rejected_spoofed == 3
+    assert a.engine.id in e.peers  # the forged goodbye did not remove it
+    assert e.missing_count() == 0  # nor did the forged heartbeat invent a gap
+    assert e.board.digest() == good
+    # a's real next stroke (with the very seq the attacker tried to take) still arrives
+    scribble(net, a, rng)
+    net.settle()
+    assert c.engine.board.digest() == a.engine.board.digest()
+
+
+def test_a_repair_of_a_datagram_nobody_announced_is_refused():
+    net = SimNet(22)
+    a, b = start(net, 2)
+    e = b.engine
+    size = (W, H)
+    rec = wire.encode_clear(__import__("p2pboard.ops").ops.Clear(a.engine.id, 50, 50))
+    d = wire.encode_header(wire.MsgType.DATA, a.engine.id, 500, size, flags=wire.FLAG_REPAIR)
+    before = e.board.digest()
+    e.receive_datagram(d + rec, ATTACKER, net.now)
+    assert e.stats.rejected_repair == 1
+    assert e.board.digest() == before
+
+
+def test_the_same_nack_a_thousand_times_gets_a_few_repairs_per_second():
+    net = SimNet(23)
+    a, b = start(net, 2)
+    rng = random.Random(2)
+    for _ in range(20):
+        scribble(net, a, rng)
+        net.run_for(0.003)
+    net.settle()
+    assert a.engine.seq >= 10
+    sent = _inbox(net, a)
+    nack = wire.encode_nack(b.engine.id, 0, (W, H),
+                            wire.Nack(a.engine.id, 1, ((1, a.engine.seq),)))
+    t0 = net.now
+    for i in range(1000):  # one every millisecond for a second
+        a.engine.receive_datagram(nack, b.addr, net.now)
+        net.act(a, lambda e, now: None)
+        net.run_for(0.001)
+    repairs = [d for d in sent if d[3] == wire.MsgType.DATA and d[4] & wire.FLAG_REPAIR]
+    per_datagram = len(repairs) / a.engine.seq
+    elapsed = net.now - t0
+    assert per_datagram <= a.engine.timers.repairs_per_datagram * (elapsed + 1), per_datagram
+    assert a.engine.stats.repairs_refused > 900
+    net.settle()
+
+
+def test_huge_nack_ranges_are_refused_outright():
+    net = SimNet(24)
+    a, b = start(net, 2)
+    scribble(net, a, random.Random(3))
+    net.settle()
+    ranges = tuple((1 + i * 4096, 4096) for i in range(15))
+    a.engine.receive_datagram(wire.encode_nack(b.engine.id, 0, (W, H),
+                                               wire.Nack(a.engine.id, 1, ranges)),
+                              b.addr, net.now)
+    assert a.engine.stats.rejected_nack == 1
+    assert not a.engine._repairs
+
+
+def test_a_flood_from_one_sender_is_cut_and_the_others_still_get_through():
+    net = SimNet(25)
+    a, b, c = start(net, 3)
+    e = c.engine
+    size = (W, H)
+    flood_id = 0xF100D
+    rng = random.Random(4)
+    pix = raster.stroke_pixels([(1, 1), (60, 40)], 5, W, H)
+    n = 0
+    for burst in range(20):  # 20 x 5000 datagrams within 0.2 s: 500,000 a second
+        for i in range(5000):
+            n += 1
+            rec = wire.encode_paint(Paint(flood_id, n, n, (0, 0, 0, 255), pix), W)[0][0]
+            e.receive_datagram(wire.encode_header(wire.MsgType.DATA, flood_id, n, size) + rec,
+                               ATTACKER, net.now)
+        scribble(net, a, rng)  # meanwhile a real peer keeps drawing
+        net.run_for(0.01)
+    assert e.stats.rejected_flood > 50_000
+    src = e.source_state(flood_id)
+    assert src is None or len(src.held) + len(src.missing) <= e.timers.receive_window
+    net.settle()
+    # the flood drew too (on an open board anyone may), but a's strokes are all there
+    a_stamps = (a.engine.board.stamps & 0xFFFFFFFF) == a.engine.id
+    c_stamps = (c.engine.board.stamps & 0xFFFFFFFF) == a.engine.id
+    assert a_stamps.sum() > 0
+    assert b.engine.board.digest() == a.engine.board.digest()
+    assert (c.engine.board.pixels[a_stamps & c_stamps] == a.engine.board.pixels[
+        a_stamps & c_stamps]).all()
+
+
+def test_replayed_datagrams_change_nothing():
+    net = SimNet(26)
+    a, b = start(net, 2)
+    sent = _inbox(net, a)
+    rng = random.Random(5)
+    for _ in range(10):
+        scribble(net, a, rng)
+        net.act(a, lambda e, now: e.undo(now) if rng.random() < 0.3 else None)
+        net.run_for(0.005)
+    net.settle()
+    good = b.engine.board.digest()
+    dup_before = b.engine.stats.duplicates
+    for d in sent * 3:
+        b.engine.receive_datagram(d, a.addr, net.now)
+    net.settle()
+    assert b.engine.board.digest() == good == a.engine.board.digest()
+    assert b.engine.stats.duplicates > dup_before
