@@ -354,6 +354,14 @@ def sealed_key_id(datagram: bytes) -> str | None:
     return bytes(datagram[5:9]).hex()
 
 
+def peek_transmitter(datagram: bytes) -> int | None:
+    """The clear (unauthenticated) transmitter of a sealed datagram, or None: lets a peer
+    drop its own looped-back datagrams without decrypting them."""
+    if not is_sealed(datagram) or len(datagram) < OUTER.size:
+        return None
+    return OUTER.unpack_from(datagram)[5]
+
+
 class Opened(NamedTuple):
     transmitter: int  #: the peer that sent this datagram (for repairs, not the author)
     inner: bytes  #: the plain p2pboard datagram

@@ -108,6 +108,7 @@ def test_round_trip(key, size):
     assert len(sealed) == len(inner) + seal.OVERHEAD <= wire.MAX_DATAGRAM
     assert inner not in sealed or size < 4
     assert seal.is_sealed(sealed) and seal.sealed_key_id(sealed) == key.key_id
+    assert seal.peek_transmitter(sealed) == T1
     assert o.open(sealed) == (T1, inner)
 
 
@@ -133,6 +134,7 @@ def test_plain_datagram_is_not_sealed(key):
     o = seal.Opener(key)
     for d in (plain(), b"", b"PB", b"hello world, not p2pboard", bytes(40)):
         assert not seal.is_sealed(d)
+        assert seal.peek_transmitter(d) is None and seal.sealed_key_id(d) is None
         with pytest.raises(seal.NotSealedError) as info:
             o.open(d)
         assert info.value.counter == "rejected_unsealed"
