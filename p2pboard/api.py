@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,12 @@ class Board:
     @property
     def size(self) -> tuple[int, int]:
         return self.engine.size
+
+    @property
+    def key_id(self) -> str | None:
+        """The public id of a passphrase board's key (8 hex digits); None on an open board."""
+        key = self.engine.config.key
+        return None if key is None else key.key_id
 
     @property
     def pixels(self) -> np.ndarray:
@@ -372,13 +379,15 @@ def _as_rgba(image) -> np.ndarray:
 async def open_board(group: str | None = None, port: int | None = None, iface: str | None = None,
                      ttl: int | None = None, name: str | None = None,
                      size: tuple[int, int] | None = None, rate: int | None = None,
-                     color: Sequence[int] | None = None, *, timers: Timers | None = None,
+                     color: Sequence[int] | None = None, *, secret: str | bytes | None = None,
+                     timers: Timers | None = None,
                      wait_join: bool = True) -> AsyncIterator[Board]:
     """Join a board (every argument optional, with the command line's defaults) and leave it
     on exit. With ``wait_join`` (the default) it returns once the board has been fetched
-    from the peers already there, or once it is clear that nobody is."""
-    board = await start_board(group, port, iface, ttl, name, size, rate, color, timers=timers,
-                              wait_join=wait_join)
+    from the peers already there, or once it is clear that nobody is. ``secret``: the
+    passphrase of a protected board (every datagram encrypted and authenticated)."""
+    board = await start_board(group, port, iface, ttl, name, size, rate, color, secret=secret,
+                              timers=timers, wait_join=wait_join)
     try:
         yield board
     finally:
@@ -386,7 +395,8 @@ async def open_board(group: str | None = None, port: int | None = None, iface: s
 
 
 async def start_board(group=None, port=None, iface=None, ttl=None, name=None, size=None,
-                      rate=None, color=None, *, timers: Timers | None = None,
+                      rate=None, color=None, *, secret: str | bytes | None = None,
+                      timers: Timers | None = None,
                       wait_join: bool = True, config: Config | None = None) -> Board:
     """:func:`open_board` without the context manager: call ``await board.aclose()``."""
     if config is None:
@@ -395,12 +405,17 @@ async def start_board(group=None, port=None, iface=None, ttl=None, name=None, si
                                     color=None if color is None else _color(color)).items()
               if v is not None}
         config = Config(**kw)
+        if secret is not None:
+            from .seal import derive_key
+
+            key = await asyncio.to_thread(derive_key, secret, config.group, config.port)
+            config = Config(**{**kw, "key": key})
     loop = asyncio.get_running_loop()
     sock, info = open_multicast_socket(config.group, config.port, config.iface, ttl=config.ttl)
     log.info("joined %s:%d on %s; receive buffer %d bytes", config.group, config.port,
              info.iface or "the default interface", info.rcvbuf_granted)
     try:
-        engine = Engine(config, timers=timers, now=loop.time())
+        engine = Engine(config, timers=timers, now=loop.time(), wall=time.time())
         edge = Edge(engine, sock, (config.group, config.port), loop, iface=config.iface)
         board = Board(engine, edge, info)
         edge.start()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from . import __version__
 from .config import DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_RATE, Config, ConfigError, parse_size
-from .events import (JoinComplete, PeerJoined, PeerLeft, SizeMismatch, Unrecoverable,
-                     VersionMismatch)
+from .events import (JoinComplete, OtherBoard, PeerJoined, PeerLeft, SizeMismatch,
+                     Unrecoverable, VersionMismatch)
 
 log = logging.getLogger("p2pboard")
 
@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run a full peer without a window until interrupted")
     p.add_argument("--save", default=None, metavar="FILE.png",
                    help="write the board to this PNG file when stopping")
+    p.add_argument("--secret-file", default=None, metavar="FILE",
+                   help="passphrase board: read the passphrase from FILE (or set "
+                        "P2PBOARD_SECRET); every datagram is then encrypted and "
+                        "authenticated, and peers without it can neither read nor draw")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     p.add_argument("--version", action="version", version=f"p2pboard {__version__}")
     return p
@@ -55,6 +59,21 @@ def parse_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> C
         if args.name is not None:
             kw["name"] = args.name
         config = Config(**kw)
+        from .seal import SecretError, derive_key, load_secret
+
+        try:
+            secret = load_secret(args.secret_file, os.environ)
+        except SecretError as err:
+            parser.error(str(err))
+        if secret is not None:
+            for warning in secret.warnings:
+                print(f"p2pboard: warning: {warning}", file=sys.stderr)
+            try:
+                key = derive_key(secret.value, config.group, config.port)
+            except RuntimeError as err:  # the cryptography package is missing
+                print(f"p2pboard: {err}", file=sys.stderr)
+                raise SystemExit(1) from None
+            config = Config(**{**kw, "key": key})
     except ConfigError as err:
         parser.error(str(err))
     if args.save is not None:
@@ -67,6 +86,17 @@ def parse_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> C
         if not os.access(parent, os.W_OK):
             parser.error(f"--save {args.save}: folder {parent} is not writable")
     return config
+
+
+def other_board_text(ev: OtherBoard) -> str:
+    """What to tell the user when another board shares our address."""
+    if ev.kind == "protected":
+        return (f"a passphrase-protected board (key {ev.key_id}) uses this address too; its "
+                "datagrams are ignored here (give its passphrase to join it)")
+    if ev.kind == "other-key":
+        return (f"a peer uses another passphrase (key {ev.key_id}) on this address; its "
+                "datagrams are ignored (is the passphrase the same everywhere?)")
+    return "an open board (no passphrase) uses this address too; its datagrams are ignored"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,13 +149,16 @@ async def run_headless(config: Config, save: str | None) -> int:
         elif isinstance(ev, VersionMismatch):
             log.error("peer %08x speaks protocol version %d: its datagrams are ignored",
                       ev.peer, ev.version)
+        elif isinstance(ev, OtherBoard):
+            log.warning("%s", other_board_text(ev))
         elif isinstance(ev, Unrecoverable):
             log.warning("%d datagrams of %08x could not be repaired: asking for a snapshot",
                         ev.count, ev.source)
 
     board.on_event(on_event)
-    log.info("headless peer %s (%08x) on %s:%d, canvas %dx%d; stop with Ctrl+C",
-             config.name, board.id, config.group, config.port, *config.size)
+    log.info("headless peer %s (%08x) on %s:%d, canvas %dx%d, %s; stop with Ctrl+C",
+             config.name, board.id, config.group, config.port, *config.size,
+             f"passphrase board (key {board.key_id})" if board.key_id else "open board")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -9,6 +9,7 @@ import socket
 from dataclasses import dataclass, field
 
 from .ops import Color
+from .seal import BoardKey
 
 DEFAULT_GROUP = "239.255.80.80"
 DEFAULT_PORT = 47777
@@ -59,6 +60,8 @@ class Config:
     color: Color | None = None  #: the peer's colour in peer lists; None: derived from name
     size: tuple[int, int] = DEFAULT_SIZE  #: canvas width, height
     rate: int = DEFAULT_RATE  #: send rate limit in bytes per second
+    #: the key of a passphrase board (seal.derive_key); None: an open board
+    key: BoardKey | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         try:
@@ -89,6 +92,8 @@ class Config:
             raise ConfigError(f"size {w}x{h} is not between 1x1 and {MAX_SIDE}x{MAX_SIDE}")
         if not isinstance(self.rate, int) or not 10_000 <= self.rate <= 1_250_000_000:
             raise ConfigError(f"rate {self.rate!r} bytes/s is not in 10000..1250000000")
+        if self.key is not None and (self.key.group, self.key.port) != (self.group, self.port):
+            raise ConfigError("the passphrase key was derived for another board address")
         if self.color is None:
             object.__setattr__(self, "color", color_for(name))
         elif len(self.color) != 4 or not all(0 <= int(c) <= 255 for c in self.color):

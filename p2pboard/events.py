@@ -78,6 +78,16 @@ class Silence:
 
 
 @dataclass(frozen=True, slots=True)
+class OtherBoard:
+    """Datagrams of another board share our group and port: ``kind`` is "protected" (a
+    passphrase board, heard by an open one), "other-key" (another passphrase) or "open"
+    (an open board, heard by a protected one). They are counted and never applied."""
+
+    kind: str
+    key_id: str | None  #: the other passphrase's public key id, when there is one
+
+
+@dataclass(frozen=True, slots=True)
 class Divergence:
     """A peer holds the same datagrams as we do but shows another board (a restarted
     peer, datagrams nobody could repair): we fetch its state and merge it."""
@@ -96,4 +106,4 @@ class CursorMoved:
 
 
 Event = (PeerJoined | PeerUpdated | PeerLeft | SizeMismatch | VersionMismatch | JoinComplete
-         | Unrecoverable | CursorMoved | Silence | Divergence)
+         | Unrecoverable | CursorMoved | Silence | Divergence | OtherBoard)

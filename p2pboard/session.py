@@ -54,11 +54,12 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from . import store, wire
+from . import seal, store, wire
 from .board import Board
 from .config import Config
-from .events import (CursorMoved, Divergence, Event, JoinComplete, PeerJoined, PeerLeft,
-                     PeerUpdated, Silence, SizeMismatch, Unrecoverable, VersionMismatch)
+from .events import (CursorMoved, Divergence, Event, JoinComplete, OtherBoard, PeerJoined,
+                     PeerLeft, PeerUpdated, Silence, SizeMismatch, Unrecoverable,
+                     VersionMismatch)
 from .ops import UNDO_WINDOW, Clear, Color, Image, Paint, Record, StrokePath, Toggle
 from .pacing import TokenBucket
 
@@ -139,6 +140,11 @@ class Stats:
     rejected_snapshot: int = 0
     rejected_cap: int = 0
     rejected_records: int = 0  # invalid toggles and the like inside valid datagrams
+    rejected_sealed: int = 0  # a passphrase board's datagrams, heard by an open board
+    rejected_unsealed: int = 0  # plain datagrams, heard by a passphrase board
+    rejected_auth: int = 0  # sealed with another key, or forged or corrupted
+    rejected_replay: int = 0  # sealed datagrams received before (replays, duplicates)
+    rejected_stale: int = 0  # sealed datagrams too old (unused unless max_age is set)
     rejected_flood: int = 0  # over one sender's flood_rate
     rejected_spoofed: int = 0  # a peer id heard from another address than its own
     rejected_repair: int = 0  # a "repair" of a datagram nobody said exists
@@ -251,7 +257,9 @@ class Engine:
 
     def __init__(self, config: Config | None = None, *, peer_id: int | None = None,
                  rng: random.Random | None = None, timers: Timers | None = None,
-                 now: float = 0.0) -> None:
+                 now: float = 0.0, wall: float = 0.0) -> None:
+        """``now``: the caller's monotonic clock; ``wall``: wall-clock seconds at ``now``
+        (only a passphrase board uses it: nonce epochs start from it)."""
         self.config = config or Config()
         self.timers = timers or Timers()
         self.rng = rng or random.Random()
@@ -260,6 +268,15 @@ class Engine:
             raise ValueError(f"peer id {self.id} is not a non-zero u32")
         self.size = self.config.size
         self.board = Board(*self.size)
+        key = self.config.key
+        # A passphrase board seals every datagram last and opens every one first; inside,
+        # the protocol is the same, with datagrams smaller by the envelope.
+        self._sealer = seal.Sealer(key, self.id, int(wall) & 0xFFFFFFFF) if key else None
+        self._opener = seal.Opener(key) if key else None
+        envelope = seal.OVERHEAD if key else 0
+        self._budget = wire.BODY_BUDGET - envelope
+        self._chunk_size = wire.SNAP_CHUNK_SIZE - envelope
+        self._overhead = UDP_IP_OVERHEAD + envelope
         self.stats = Stats()
         self.started = now
         self.lamport = 0
@@ -336,11 +353,13 @@ class Engine:
         self._control.clear()
         for q in (self._repairs, self._data, self._bulk):
             while q:
-                if not self._bucket.try_consume(len(q[0]) + UDP_IP_OVERHEAD, now):
+                if not self._bucket.try_consume(len(q[0]) + self._overhead, now):
                     break
                 out.append(q.popleft())
             if q:
                 break
+        if self._sealer is not None:
+            out = [self._sealer.seal(d) for d in out]
         for d in out:
             self.stats.datagrams_sent += 1
             self.stats.bytes_sent += len(d)
@@ -370,7 +389,7 @@ class Engine:
                 cands.append(max(f.last_chunk, f.asked_at) + self.timers.snap_idle)
         q = self._repairs or self._data or self._bulk
         if q:
-            cands.append(self._bucket.ready_at(len(q[0]) + UDP_IP_OVERHEAD, self._now))
+            cands.append(self._bucket.ready_at(len(q[0]) + self._overhead, self._now))
         return min(cands)
 
     # ------------------------------------------------------------------ public state
@@ -515,9 +534,9 @@ class Engine:
 
     def _emit(self, rec: Record | StrokePath, now: float) -> None:
         w = self.size[0]
-        for piece, frag in wire.encode_record(rec, w, height=self.size[1]):
+        for piece, frag in wire.encode_record(rec, w, self._budget, height=self.size[1]):
             work = wire.piece_work(piece, *self.size) if isinstance(rec, StrokePath) else 0
-            if (self._open_len + len(piece) > wire.BODY_BUDGET
+            if (self._open_len + len(piece) > self._budget
                     or self._open_work + work > wire.MAX_DATAGRAM_STROKE_WORK):
                 self._flush(now)
             self._open_work += work
@@ -575,6 +594,25 @@ class Engine:
         st = self.stats
         st.datagrams_received += 1
         st.bytes_received += len(data)
+        if self._opener is not None:
+            if seal.peek_transmitter(data) == self.id:
+                st.ignored_own += 1
+                return
+            try:
+                data = self._opener.open(data).inner
+            except seal.SealError as err:
+                setattr(st, err.counter, getattr(st, err.counter) + 1)
+                if isinstance(err, seal.WrongKeyError) and not self._warned(("key", err.key_id)):
+                    self._events.append(OtherBoard("other-key", err.key_id))
+                elif isinstance(err, seal.NotSealedError) and not self._warned(("open",)):
+                    self._events.append(OtherBoard("open", None))
+                return
+        elif seal.is_sealed(data):
+            st.rejected_sealed += 1
+            key_id = seal.sealed_key_id(data)
+            if not self._warned(("sealed", key_id)):
+                self._events.append(OtherBoard("protected", key_id))
+            return
         try:
             h = wire.decode_header(data)
         except wire.DecodeError:
@@ -1140,7 +1178,7 @@ class Engine:
             self.stats.rejected_nack += 1
             return
         sv.last_used = now
-        size = wire.SNAP_CHUNK_SIZE
+        size = self._chunk_size
         nchunks = -(-len(sv.blob) // size)
         queued = {bytes(d[wire.HEADER.size + 8:wire.HEADER.size + 12]) for d in self._bulk}
         for first, count in n.ranges:
@@ -1150,7 +1188,7 @@ class Engine:
                 self._queue_chunk(sv, i, h.sender)
 
     def _queue_chunk(self, sv: _SnapServe, i: int, target: int) -> None:
-        size = wire.SNAP_CHUNK_SIZE
+        size = self._chunk_size
         self._bulk.append(wire.encode_snap_chunk(
             self.id, self.seq, self.size,
             wire.SnapChunk(target, sv.snap_id, i, sv.blob[i * size:(i + 1) * size])))
@@ -1174,8 +1212,8 @@ class Engine:
         self.stats.snapshots_sent += 1
         self._control.append(wire.encode_snap_meta(
             self.id, self.seq, self.size,
-            wire.SnapMeta(joiner, req_id, sv.snap_id, len(sv.blob), wire.SNAP_CHUNK_SIZE)))
-        nchunks = -(-len(sv.blob) // wire.SNAP_CHUNK_SIZE)
+            wire.SnapMeta(joiner, req_id, sv.snap_id, len(sv.blob), self._chunk_size)))
+        nchunks = -(-len(sv.blob) // self._chunk_size)
         if fresh:
             for i in range(nchunks):
                 self._queue_chunk(sv, i, 0)

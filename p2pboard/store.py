@@ -55,7 +55,7 @@ def dump(board: Board, sources: dict[int, tuple[int, int]], level: int = 1) -> b
     b = board
     b._sync()
     w, h = b.width, b.height
-    palette, inverse = np.unique(b._base_stamp, return_inverse=True)
+    palette, inverse = _palette(b._base_stamp)
     itype = np.uint8 if palette.size <= 256 else np.uint16 if palette.size <= 65536 else np.uint32
     colors = b._base_color.reshape(h, w, 4)
     filtered = colors.copy()
@@ -92,6 +92,19 @@ def dump(board: Board, sources: dict[int, tuple[int, int]], level: int = 1) -> b
     ]
     raw = b"".join(parts)
     return _OUTER.pack(MAGIC, len(raw)) + zlib.compress(raw, level)
+
+
+def _palette(stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(stamps, return_inverse=True)``, in linear time for the usual board:
+    stamps come in runs (a stroke, an image, the untouched background), so only the value
+    of each run is sorted, not every pixel (a full sort of 2 M stamps takes ~150 ms)."""
+    if stamps.size == 0:
+        return np.unique(stamps, return_inverse=True)
+    starts = np.flatnonzero(stamps[1:] != stamps[:-1]) + 1
+    starts = np.concatenate((np.zeros(1, np.intp), starts))
+    palette, run_index = np.unique(stamps[starts], return_inverse=True)
+    lengths = np.diff(np.append(starts, stamps.size))
+    return palette, np.repeat(run_index, lengths)
 
 
 class _Reader:

@@ -30,7 +30,7 @@ def test_help_lists_every_flag():
     r = run_cli("--help")
     assert r.returncode == 0
     for flag in ("--group", "--port", "--iface", "--ttl", "--name", "--size", "--headless",
-                 "--save"):
+                 "--save", "--secret-file", "--rate"):
         assert flag in r.stdout
 
 
@@ -55,6 +55,16 @@ def test_bad_flags_exit_2_with_a_clear_message(args, words):
     assert r.returncode == 2, r
     assert words.lower() in r.stderr.lower(), r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_unusable_secret_files_exit_2_naming_the_file(tmp_path):
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    for path, words in ((tmp_path / "missing", "cannot read secret file"),
+                        (empty, "is empty"), (tmp_path, "is a directory")):
+        r = run_cli("--headless", "--secret-file", str(path))
+        assert r.returncode == 2, r
+        assert words in r.stderr and str(path) in r.stderr, r.stderr
 
 
 def test_headless_peer_keeps_the_board_and_saves_it(tmp_path):

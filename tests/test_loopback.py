@@ -22,9 +22,11 @@ class Peer:
     """A tests/peer_proc.py process driven over its stdin/stdout."""
 
     def __init__(self, name: str, port: int, iface: str = "127.0.0.1", size: str = "320x240",
-                 prefix: list[str] | None = None) -> None:
+                 prefix: list[str] | None = None, secret: str | None = None) -> None:
         argv = [*(prefix or []), sys.executable, "-m", "tests.peer_proc", "--port", str(port),
                 "--iface", iface, "--name", name, "--size", size]
+        if secret is not None:
+            argv += ["--secret", secret]
         self.name = name
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -122,3 +124,23 @@ def test_restarted_peer_gets_the_board_back(peers):
     b2 = peers("b-again", port)
     after = b2.sync(30)
     assert after["synced"] and after["digest"] == before["digest"]
+
+
+def test_a_passphrase_board_and_an_open_board_on_one_address_stay_apart(peers):
+    require_netns()
+    port = port_for("protected")
+    a = peers("a", port, secret="a long shared passphrase")
+    b = peers("b", port, secret="a long shared passphrase")
+    x = peers("x", port)  # no passphrase
+    a.send("draw 7 4")
+    x.send("draw 8 4")
+    a.expect("drawn", 60)
+    x.expect("drawn", 60)
+    ra, rb = a.sync(30), b.sync(30)
+    assert ra["synced"] and rb["synced"] and ra["digest"] == rb["digest"]
+    assert ra["peers"] == rb["peers"] == 1  # x is not among them
+    rx = x.sync(10)
+    assert rx["peers"] == 0 and rx["digest"] != ra["digest"]
+    sa, sb, sx = a.stats(), b.stats(), x.stats()
+    assert sa["rejected_unsealed"] > 0 and sb["data_received"] > 0
+    assert sx["rejected_sealed"] > 0 and sx["data_received"] == 0

@@ -62,8 +62,9 @@ from kivy.uix.widget import Widget  # noqa: E402
 
 from ..api import start_board  # noqa: E402
 from ..config import Config  # noqa: E402
-from ..events import (CursorMoved, PeerJoined, PeerLeft, SizeMismatch,  # noqa: E402
-                      VersionMismatch)
+from ..cli import other_board_text  # noqa: E402
+from ..events import (CursorMoved, OtherBoard, PeerJoined, PeerLeft,  # noqa: E402
+                      SizeMismatch, VersionMismatch)
 from ..net.sockets import MulticastSetupError, list_ipv4_interfaces  # noqa: E402
 from ..ops import BACKGROUND  # noqa: E402
 from .boardview import BoardView  # noqa: E402
@@ -92,6 +93,32 @@ def _swatch(widget, rgba) -> None:
         widget._swatch_rect = Rectangle(pos=widget.pos, size=widget.size)
     widget.bind(pos=lambda w, v: setattr(w._swatch_rect, "pos", v),
                 size=lambda w, v: setattr(w._swatch_rect, "size", v))
+
+
+class LockIcon(Widget):
+    """A padlock, closed on a passphrase board and open on an open one."""
+
+    def __init__(self, locked: bool, **kw) -> None:
+        super().__init__(**kw)
+        self.locked = locked
+        self.bind(pos=self._draw, size=self._draw)
+
+    def _draw(self, *_) -> None:
+        from kivy.graphics import Line
+
+        self.canvas.clear()
+        w = dp(12)
+        x = self.center_x - w / 2
+        y = self.center_y - dp(7)
+        color = (0.13, 0.45, 0.22, 1) if self.locked else (0.55, 0.55, 0.55, 1)
+        with self.canvas:
+            Color(*color)
+            Rectangle(pos=(x, y), size=(w, dp(9)))
+            # the shackle: closed over the body, or swung open to the right
+            sx = x + dp(2) if self.locked else x + dp(5)
+            Line(points=[sx, y + dp(9), sx, y + dp(12), sx + dp(1.5), y + dp(14),
+                         sx + dp(6.5), y + dp(14), sx + dp(8), y + dp(12),
+                         sx + dp(8), y + dp(9 if self.locked else 11)], width=dp(1.3))
 
 
 def link_health(p) -> str:
@@ -200,9 +227,16 @@ class BoardApp(App):
                 self.undo_btn = b
             elif text == "Redo":
                 self.redo_btn = b
-        self.lock_label = Label(text="open board", size_hint=(None, None),
-                                size=(dp(90), dp(36)), color=(0.3, 0.3, 0.3, 1),
-                                font_size="12sp")
+        protected = self.cfg.key is not None
+        self.lock_icon = LockIcon(locked=protected, size_hint=(None, None),
+                                  size=(dp(18), dp(36)))
+        bar.add_widget(self.lock_icon)
+        self.lock_label = Label(
+            text=f"protected · key {self.cfg.key.key_id}" if protected else "open board",
+            size_hint=(None, None), size=(dp(150) if protected else dp(80), dp(36)),
+            color=(0.13, 0.4, 0.2, 1) if protected else (0.35, 0.35, 0.35, 1),
+            font_size="12sp", halign="left", valign="middle")
+        self.lock_label.bind(size=lambda w, v: setattr(w, "text_size", v))
         bar.add_widget(self.lock_label)
         return bar
 
@@ -466,6 +500,9 @@ class BoardApp(App):
                           f"A peer speaks protocol version {ev.version}; this one speaks a "
                           "different version.\nIts drawing is ignored: update both to the "
                           "same p2pboard.")
+        elif isinstance(ev, OtherBoard) and ("other", ev.kind, ev.key_id) not in self._warned:
+            self._warned.add(("other", ev.kind, ev.key_id))
+            self._message("Another board on this address", other_board_text(ev))
         elif isinstance(ev, PeerJoined):
             self._refresh_panels()
 
