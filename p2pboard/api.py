@@ -104,6 +104,11 @@ class Board:
         self.engine = engine
         self.edge = edge
         self.info = info
+        self.autosaver = None  # an autosave.Autosaver when the board is saved to a file
+        #: what went wrong with the saved board at start (set aside, fresh start), if anything
+        self.autosave_problem: str | None = None
+        #: the saved board this one started from (None: it started empty)
+        self.restored_from: Path | None = None
         self._listeners: list[Callable[[Event], None]] = []
         self._queue: asyncio.Queue[Event] | None = None
         if edge is not None:
@@ -155,6 +160,9 @@ class Board:
         d["board_rejected"] = b.rejected
         d["board_stale"] = b.stale
         d["board_forced_folds"] = b.forced_folds
+        if self.autosaver is not None:
+            d["autosave_saves"] = self.autosaver.saves
+            d["autosave_failures"] = self.autosaver.failures
         if self.edge is not None:
             from .net.sockets import socket_drops
 
@@ -162,6 +170,11 @@ class Board:
             if drops is not None:
                 d["kernel_drops"] = drops
         return d
+
+    @property
+    def autosave_path(self) -> Path | None:
+        """The file this board is saved to (None: autosave is off)."""
+        return None if self.autosaver is None else self.autosaver.file.path
 
     @property
     def silent_for(self) -> float:
@@ -349,9 +362,12 @@ class Board:
             self.edge.pump()
 
     async def aclose(self) -> None:
-        """Say goodbye (after sending what is queued) and close the socket."""
+        """Save the board (autosave), say goodbye (after sending what is queued) and close
+        the socket."""
         if self.edge is None or self.edge.closed:
             return
+        if self.autosaver is not None:
+            await self.autosaver.aclose()
         self.engine.goodbye(self._now())
         self.edge.flush_blocking()
         self.edge.close()
@@ -380,14 +396,18 @@ async def open_board(group: str | None = None, port: int | None = None, iface: s
                      ttl: int | None = None, name: str | None = None,
                      size: tuple[int, int] | None = None, rate: int | None = None,
                      color: Sequence[int] | None = None, *, secret: str | bytes | None = None,
+                     autosave: bool = False, data_dir: str | Path | None = None,
                      timers: Timers | None = None,
                      wait_join: bool = True) -> AsyncIterator[Board]:
     """Join a board (every argument optional, with the command line's defaults) and leave it
     on exit. With ``wait_join`` (the default) it returns once the board has been fetched
     from the peers already there, or once it is clear that nobody is. ``secret``: the
-    passphrase of a protected board (every datagram encrypted and authenticated)."""
+    passphrase of a protected board (every datagram encrypted and authenticated).
+    ``autosave``: keep the board in a file (under ``data_dir``, by default the user's data
+    folder), restored at the next start and merged with the group."""
     board = await start_board(group, port, iface, ttl, name, size, rate, color, secret=secret,
-                              timers=timers, wait_join=wait_join)
+                              autosave=autosave, data_dir=data_dir, timers=timers,
+                              wait_join=wait_join)
     try:
         yield board
     finally:
@@ -396,6 +416,7 @@ async def open_board(group: str | None = None, port: int | None = None, iface: s
 
 async def start_board(group=None, port=None, iface=None, ttl=None, name=None, size=None,
                       rate=None, color=None, *, secret: str | bytes | None = None,
+                      autosave: bool = False, data_dir: str | Path | None = None,
                       timers: Timers | None = None,
                       wait_join: bool = True, config: Config | None = None) -> Board:
     """:func:`open_board` without the context manager: call ``await board.aclose()``."""
@@ -411,16 +432,58 @@ async def start_board(group=None, port=None, iface=None, ttl=None, name=None, si
             key = await asyncio.to_thread(derive_key, secret, config.group, config.port)
             config = Config(**{**kw, "key": key})
     loop = asyncio.get_running_loop()
-    sock, info = open_multicast_socket(config.group, config.port, config.iface, ttl=config.ttl)
+    bfile = loaded = None
+    if autosave:
+        from . import store
+        from .autosave import BoardFile, board_file_name, default_data_dir
+
+        folder = Path(data_dir) if data_dir is not None else default_data_dir()
+        name = board_file_name(config.group, config.port, config.size,
+                               config.key.key_id if config.key else None)
+        bfile = await asyncio.to_thread(BoardFile.open, folder, name)
+        try:
+            loaded = await asyncio.to_thread(bfile.load,
+                                             lambda blob: store.load(blob, *config.size))
+        except BaseException:
+            bfile.close()
+            raise
+    try:
+        sock, info = open_multicast_socket(config.group, config.port, config.iface,
+                                           ttl=config.ttl)
+    except BaseException:
+        if bfile is not None:
+            bfile.close()
+        raise
     log.info("joined %s:%d on %s; receive buffer %d bytes", config.group, config.port,
              info.iface or "the default interface", info.rcvbuf_granted)
     try:
         engine = Engine(config, timers=timers, now=loop.time(), wall=time.time())
+        if loaded is not None and loaded.value is not None:
+            engine.import_state(*loaded.value, now=loop.time())
         edge = Edge(engine, sock, (config.group, config.port), loop, iface=config.iface)
         board = Board(engine, edge, info)
+        if bfile is not None:
+            from .autosave import Autosaver
+
+            board.autosave_problem = loaded.problem
+            if loaded.value is not None:
+                board.restored_from = bfile.path
+                log.info("restored the board from %s", bfile.path)
+            if loaded.problem:
+                log.warning("%s", loaded.problem)
+
+            def snapshot():
+                state = engine.export_state(loop.time())
+                edge.pump()  # export flushed the open datagram: send it
+                return state
+
+            board.autosaver = Autosaver(bfile, snapshot, lambda: engine.state_version)
+            board.autosaver.start()
         edge.start()
     except BaseException:
         sock.close()
+        if bfile is not None:
+            bfile.close()
         raise
     if wait_join:
         t = engine.timers

@@ -363,25 +363,8 @@ class BoardFile:
 
 def freeze_board(board: Board) -> Board:
     """A copy of ``board`` that :func:`store.dump` can read from another thread while the
-    original goes on changing. Cheap: the base arrays are copied (about 25 MB for
-    1920x1080), log entries are shared (they are never changed once made), the tables
-    are copied. The copy has no view: use it for dumping only.
-
-    It reads Board's internals, as store.dump does; ``Board.frozen()`` would be its home."""
-    board._sync()
-    f = Board.__new__(Board)
-    f.__dict__.update(board.__dict__)
-    f._base_stamp = board._base_stamp.copy()
-    f._base_color = board._base_color.copy()
-    f._stamp = f._color = None  # no view: a frozen board is only for dumping
-    f._rebuild = False
-    f._dirty = None
-    f._log = dict(board._log)
-    f._ops = {}
-    f._heaps = {}
-    f._folded = dict(board._folded)
-    f._toggles = {a: dict(regs) for a, regs in board._toggles.items()}
-    return f
+    original goes on changing (see :meth:`Board.frozen`)."""
+    return board.frozen()
 
 
 class Autosaver:

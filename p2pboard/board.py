@@ -119,6 +119,26 @@ class Board:
         self._sync()
         return self._version
 
+    def frozen(self) -> Board:
+        """A copy that :func:`p2pboard.store.dump` can read from another thread while this
+        board goes on changing (autosave). Cheap: the base arrays are copied (about 25 MB
+        for 1920x1080), the log entries shared (never changed once made), the tables
+        copied. The copy has no view of its own: it is for dumping only."""
+        self._sync()
+        f = Board.__new__(Board)
+        f.__dict__.update(self.__dict__)
+        f._base_stamp = self._base_stamp.copy()
+        f._base_color = self._base_color.copy()
+        f._stamp = f._color = None
+        f._rebuild = False
+        f._dirty = None
+        f._log = dict(self._log)
+        f._ops = {}
+        f._heaps = {}
+        f._folded = dict(self._folded)
+        f._toggles = {a: dict(regs) for a, regs in self._toggles.items()}
+        return f
+
     def take_dirty(self) -> tuple[int, int, int, int] | None:
         """The rectangle (x0, y0, x1, y1; exclusive) changed since the last call, or None."""
         self._sync()

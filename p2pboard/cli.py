@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run a full peer without a window until interrupted")
     p.add_argument("--save", default=None, metavar="FILE.png",
                    help="write the board to this PNG file when stopping")
+    p.add_argument("--no-autosave", action="store_true",
+                   help="do not keep the board in a file (by default it is saved every "
+                        "second and on exit, and restored at the next start)")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="folder for the saved boards (default: the user's data folder, "
+                        "e.g. ~/.local/share/p2pboard)")
     p.add_argument("--secret-file", default=None, metavar="FILE",
                    help="passphrase board: read the passphrase from FILE (or set "
                         "P2PBOARD_SECRET); every datagram is then encrypted and "
@@ -76,6 +82,12 @@ def parse_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> C
             config = Config(**{**kw, "key": key})
     except ConfigError as err:
         parser.error(str(err))
+    if args.data_dir is not None:
+        d = Path(args.data_dir)
+        if d.exists() and not d.is_dir():
+            parser.error(f"--data-dir {args.data_dir}: not a folder")
+        if args.no_autosave:
+            parser.error("--data-dir and --no-autosave contradict each other")
     if args.save is not None:
         path = Path(args.save)
         if path.suffix.lower() != ".png":
@@ -106,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO
                         if args.verbose or args.headless else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    autosave = dict(autosave=not args.no_autosave, data_dir=args.data_dir)
     if args.headless:
         try:
-            return asyncio.run(run_headless(config, args.save))
+            return asyncio.run(run_headless(config, args.save, **autosave))
         except KeyboardInterrupt:
             return 0
     try:
@@ -118,18 +131,35 @@ def main(argv: list[str] | None = None) -> int:
               "pip install 'p2pboard[ui]' (scripts/run.sh does), or run a peer without a "
               "window with --headless.", file=sys.stderr)
         return 1
-    return app.run(config, save=args.save)
+    return app.run(config, save=args.save, **autosave)
 
 
-async def run_headless(config: Config, save: str | None) -> int:
+async def open_with_autosave(config: Config, autosave: bool, data_dir: str | None):
+    """start_board, falling back to no autosave (with a message) if the folder is unusable."""
     from .api import start_board
+    from .autosave import DataDirError, SlotsTaken
+
+    if autosave:
+        try:
+            return await start_board(config=config, wait_join=False, autosave=True,
+                                     data_dir=data_dir)
+        except (DataDirError, SlotsTaken) as err:
+            print(f"p2pboard: autosave off: {err}", file=sys.stderr)
+    return await start_board(config=config, wait_join=False)
+
+
+async def run_headless(config: Config, save: str | None, autosave: bool = True,
+                       data_dir: str | None = None) -> int:
     from .net.sockets import MulticastSetupError
 
     try:
-        board = await start_board(config=config, wait_join=False)
+        board = await open_with_autosave(config, autosave, data_dir)
     except (MulticastSetupError, OSError) as err:
         print(f"p2pboard: cannot join {config.group}:{config.port}: {err}", file=sys.stderr)
         return 1
+    if board.autosave_path is not None:
+        log.info("autosave: %s%s", board.autosave_path,
+                 " (restored)" if board.restored_from else "")
 
     def on_event(ev) -> None:
         if isinstance(ev, PeerJoined):

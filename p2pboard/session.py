@@ -429,6 +429,49 @@ class Engine:
         """Ask every peer for a fresh session message (used while waiting to be synced)."""
         self._send_session(now, probe=True)
 
+    # ------------------------------------------------------------------ persistence
+
+    @property
+    def state_version(self) -> tuple:
+        """Changes whenever the state worth saving changes (board, coverage, our data)."""
+        return (self.board.version, self.seq, self.stats.data_received,
+                self.stats.snapshots_received)
+
+    def export_state(self, now: float) -> tuple[Board, dict[int, tuple[int, int]]]:
+        """A frozen copy of the board and, per source, (contiguous seq, settled opno) that
+        it covers: what autosave writes (``store.dump`` of it, in another thread)."""
+        self._flush(now)  # records in the open datagram are on the board already
+        sources = {sid: (s.contiguous, s.settled) for sid, s in self._sources.items()
+                   if s.anchored and sid != self.id}
+        sources[self.id] = (self.seq, self._my_source.settled)
+        return self.board.frozen(), sources
+
+    def import_state(self, board: Board, sources: dict[int, tuple[int, int]],
+                     now: float) -> None:
+        """Start from a board saved by an earlier run (merged like a snapshot). Its sources
+        count as held as far as the file covers them, so the group NACKs what it lacks of
+        them and, as nobody can repair those, fetches our state: both sides end with the
+        union. Our own id is new in every run: earlier runs are just other sources."""
+        if (board.width, board.height) != self.size:
+            raise ValueError(f"a {board.width}x{board.height} board for a "
+                             f"{self.size[0]}x{self.size[1]} canvas")
+        self.board.merge(board)
+        for sid, (contig, settled) in sources.items():
+            if sid == self.id:
+                continue
+            src = self._source(sid, now)
+            if src is None:
+                continue
+            src.anchored = True
+            src.contiguous = max(src.contiguous, contig)
+            src.highest = max(src.highest, src.contiguous)
+            src.settled = max(src.settled, settled)
+        # New operations must stamp above everything loaded, or they would hide under it.
+        top = int(board._base_stamp.max()) >> 32 if board._base_stamp.size else 0
+        for e in board._log.values():
+            top = max(top, e.rec.lamport)
+        self.lamport = max(self.lamport, min(top, 0xFFFFFFFE))
+
     # ------------------------------------------------------------------ drawing
 
     def _next_op(self) -> tuple[int, int]:

@@ -22,16 +22,20 @@ class Peer:
     """A tests/peer_proc.py process driven over its stdin/stdout."""
 
     def __init__(self, name: str, port: int, iface: str = "127.0.0.1", size: str = "320x240",
-                 prefix: list[str] | None = None, secret: str | None = None) -> None:
+                 prefix: list[str] | None = None, secret: str | None = None,
+                 data_dir: str | None = None) -> None:
         argv = [*(prefix or []), sys.executable, "-m", "tests.peer_proc", "--port", str(port),
                 "--iface", iface, "--name", name, "--size", size]
         if secret is not None:
             argv += ["--secret", secret]
+        if data_dir is not None:
+            argv += ["--data-dir", str(data_dir)]
         self.name = name
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      bufsize=1, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        self.id = self.expect("ready", 60)["id"]
+        ready = self.expect("ready", 60)
+        self.id, self.restored = ready["id"], ready.get("restored", False)
 
     def send(self, line: str) -> None:
         self.proc.stdin.write(line + "\n")
@@ -144,3 +148,56 @@ def test_a_passphrase_board_and_an_open_board_on_one_address_stay_apart(peers):
     sa, sb, sx = a.stats(), b.stats(), x.stats()
     assert sa["rejected_unsealed"] > 0 and sb["data_received"] > 0
     assert sx["rejected_sealed"] > 0 and sx["data_received"] == 0
+
+
+def wait_for(pred, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"not {what} after {timeout} s")
+
+
+def test_a_killed_peer_restarts_from_its_file_and_merges_with_what_others_drew(peers,
+                                                                                tmp_path):
+    require_netns()
+    port = port_for("autosave")
+    a = peers("a", port, data_dir=tmp_path)
+    assert not a.restored
+    a.send("draw 31 5")  # alone
+    a.expect("drawn", 60)
+    wait_for(lambda: a.stats().get("autosave_saves", 0) >= 1
+             and a.sync(5)["digest"] == a.sync(5)["digest"], 20, "saved")
+    time.sleep(1.5)  # let the last change reach the file (saves come every second)
+    alone = a.sync(5)["digest"]
+    a.send(f"png {tmp_path / 'alone.png'}")
+    a.expect("png", 30)
+    a.kill()
+    b, c = peers("b", port), peers("c", port)
+    b.send("draw 32 4")
+    c.send("draw 33 4")
+    b.expect("drawn", 60)
+    c.expect("drawn", 60)
+    others = b.sync(20)["digest"]
+    assert others != alone
+    a2 = peers("a-again", port, data_dir=tmp_path)
+    assert a2.restored
+    results = [p.sync(40) for p in (a2, b, c)]
+    assert all(r["synced"] for r in results), results
+    merged = {r["digest"] for r in results}
+    assert len(merged) == 1 and merged.isdisjoint({alone, others}), results
+    # and everything a drew alone is there (others may have drawn over it, never erased)
+    a2.send(f"png {tmp_path / 'merged.png'}")
+    a2.expect("png", 30)
+    import numpy as np
+    from PIL import Image
+
+    def ink(name):
+        return (np.asarray(Image.open(tmp_path / name).convert("RGB")) != 255).any(axis=-1)
+
+    alone_ink, merged_ink = ink("alone.png"), ink("merged.png")
+    assert alone_ink.sum() > 500
+    assert not (alone_ink & ~merged_ink).any()
+    assert merged_ink.sum() > alone_ink.sum()

@@ -60,7 +60,7 @@ from kivy.uix.textinput import TextInput  # noqa: E402
 from kivy.uix.togglebutton import ToggleButton  # noqa: E402
 from kivy.uix.widget import Widget  # noqa: E402
 
-from ..api import start_board  # noqa: E402
+from ..cli import open_with_autosave  # noqa: E402
 from ..config import Config  # noqa: E402
 from ..cli import other_board_text  # noqa: E402
 from ..events import (CursorMoved, OtherBoard, PeerJoined, PeerLeft,  # noqa: E402
@@ -139,10 +139,13 @@ def link_health(p) -> str:
 class BoardApp(App):
     title = "p2pboard"
 
-    def __init__(self, config: Config, save: str | None = None, **kw) -> None:
+    def __init__(self, config: Config, save: str | None = None, autosave: bool = False,
+                 data_dir: str | None = None, **kw) -> None:
         super().__init__(**kw)
         self.cfg = config
         self.save_on_exit = save
+        self.autosave = autosave
+        self.data_dir = data_dir
         self.board = None
         self.color = PALETTE[0]
         self.brush_width = 4
@@ -283,7 +286,7 @@ class BoardApp(App):
     async def _connect(self, cfg: Config) -> None:
         await asyncio.sleep(0)  # let the window open first
         try:
-            board = await start_board(config=cfg, wait_join=False)
+            board = await open_with_autosave(cfg, self.autosave, self.data_dir)
         except MulticastSetupError as err:
             self.show_network_error(str(err), err.interfaces)
             return
@@ -295,6 +298,10 @@ class BoardApp(App):
         board.on_event(self._on_event)
         self.view.attach(board)
         self.error = ""
+        if board.autosave_problem:
+            self._message("The saved board could not be used", board.autosave_problem)
+        elif board.restored_from is not None:
+            self.flash(f"restored the board saved in {board.restored_from}")
         self._refresh_panels()
 
     def _on_request_close(self, *_):
@@ -707,6 +714,7 @@ class BoardApp(App):
                 self.stop()
 
 
-def run(config: Config, save: str | None = None) -> int:
+def run(config: Config, save: str | None = None, autosave: bool = False,
+        data_dir: str | None = None) -> int:
     """Open the window on ``config``'s board; returns the exit status."""
-    return asyncio.run(BoardApp(config, save).main())
+    return asyncio.run(BoardApp(config, save, autosave, data_dir).main())
