@@ -98,7 +98,10 @@ class Timers:
     silence_rejoin: float = 4.0  # nothing heard from anyone this long: re-join the group,
     silence_rejoin_max: float = 60.0  # then again after twice as long, up to this
     anti_entropy_interval: float = 5.0  # fetch a diverging peer's state at most this often
-    flood_rate: float = 20_000.0  # datagrams/s accepted from one (address, sender)
+    # datagrams/s accepted from one (address, sender); None: 1.5 times what a peer sending
+    # at our --rate can send (full datagrams) plus 1000 for small ones (10,800 at 8 MB/s)
+    flood_rate: float | None = None
+    flood_quarantine: float = 30.0  # a sender over it is refused this long, its gaps skipped
     repairs_per_datagram: int = 4  # repairs of one datagram per second, at most
     repair_budget_rate: float = 2048.0  # datagrams/s one requester's NACKs may get repaired
     repair_budget_burst: float = 8192.0
@@ -327,9 +330,12 @@ class Engine:
         # defences against hostile or broken peers
         t = self.timers
         self._bound: dict[int, list] = {}  # peer id -> [address, last heard from it]
-        self._flood = _Buckets(t.flood_rate, t.flood_rate, 4096)
+        flood = (t.flood_rate
+                 or 1.5 * self.config.rate / (wire.MAX_DATAGRAM + UDP_IP_OVERHEAD) + 1000)
+        self._flood = _Buckets(flood, flood, 4096)
         self._requesters = _Buckets(t.repair_budget_rate, t.repair_budget_burst, 1024)
         self._repaired: dict[tuple[int, int], list] = {}  # key -> [window start, repairs]
+        self._quarantine: dict[int, float] = {}  # flooding sender -> refused until
         # silence and anti-entropy
         self._last_heard_other = now
         self._silence_wait = t.silence_rejoin
@@ -667,6 +673,8 @@ class Engine:
         host = addr[0] if addr else None
         if not self._flood.take((host, h.sender), 1, now):
             st.rejected_flood += 1
+            if h.type == wire.MsgType.DATA:
+                self._quarantine_source(h.sender, h.seq, now)
             return
         if h.version != wire.VERSION:
             st.rejected_version += 1
@@ -707,6 +715,46 @@ class Engine:
             st.rejected_malformed += 1
         except store.StoreError:
             st.rejected_snapshot += 1
+
+    def _quarantined(self, sid: int, now: float) -> bool:
+        until = self._quarantine.get(sid)
+        return until is not None and until > now
+
+    def _quarantine_source(self, sid: int, seq: int, now: float) -> None:
+        """A sender over the flood limit: for ``flood_quarantine`` its DATA is refused and
+        what we miss of it is skipped, not NACKed (we refused it ourselves, and it would not
+        repair). Honest peers keep their sync with each other."""
+        if sid not in self._quarantine and len(self._quarantine) >= 1024:
+            for k in [k for k, until in self._quarantine.items() if until <= now]:
+                del self._quarantine[k]
+            if len(self._quarantine) >= 1024:
+                return
+        self._quarantine[sid] = now + self.timers.flood_quarantine
+        src = self._sources.get(sid)
+        if src is not None and src.anchored and sid != self.id:
+            self._skip(src, seq, refused=True)
+
+    def _skip(self, src: Source, top: int, refused: bool = False) -> None:
+        """Stop waiting for ``src``'s datagrams up to ``top``: count those never held as
+        unrecoverable (or, for a flood we refused, as rejected_flood) and move on."""
+        top = max(top, src.contiguous)
+        if src.held:
+            held_below = [s for s in src.held if s <= top]
+            for s in held_below:
+                src.held.discard(s)
+                src.settled = max(src.settled, src.maxop.pop(s, 0))
+        else:
+            held_below = ()
+        lost = top - src.contiguous - len(held_below)
+        if refused:
+            self.stats.rejected_flood += lost
+        else:
+            self.stats.unrecoverable += lost
+        src.contiguous = top
+        src.highest = max(src.highest, top)
+        for s in [s for s in src.missing if s <= top]:
+            del src.missing[s]
+        self._advance(src)
 
     def _bind(self, peer: int, host: str, now: float) -> bool:
         """Is ``host`` the address of ``peer``? The first address heard binds an id; a
@@ -763,6 +811,9 @@ class Engine:
         """``highest`` of ``src`` exists: note what we miss."""
         if highest <= src.highest:
             return
+        if self._quarantine and self._quarantined(src.id, now):
+            self._skip(src, highest, refused=True)
+            return
         if not src.anchored:
             # While joining we only learn where the source stands; the snapshot anchors it.
             src.highest = highest
@@ -792,17 +843,9 @@ class Engine:
         if src.give_ups > GIVE_UPS:
             # Nobody holds them: skip the whole gap (not only the numbers we enumerated:
             # a gap beyond snapshot_gap never was), counting what was never held.
-            top = max(src.highest, src.contiguous)
-            held_below = [s for s in src.held if s <= top]
-            self.stats.unrecoverable += top - src.contiguous - len(held_below)
-            for s in held_below:
-                src.held.discard(s)
-                src.settled = max(src.settled, src.maxop.pop(s, 0))
-            src.contiguous = top
-            src.missing.clear()
             src.given_up = False
             src.give_ups = 0
-            self._advance(src)
+            self._skip(src, src.highest)
             return
         src.missing.clear()
         self._start_fetch(now, target=self._holder_of(src))
@@ -821,6 +864,11 @@ class Engine:
         seq = h.seq
         if seq == 0:
             self.stats.rejected_malformed += 1
+            return
+        if self._quarantine and self._quarantined(h.sender, now):
+            self.stats.rejected_flood += 1
+            if src.anchored and seq > src.contiguous:
+                self._skip(src, seq, refused=True)
             return
         if seq <= src.contiguous or seq in src.held:
             self.stats.duplicates += 1

@@ -55,15 +55,20 @@ async def main(argv=None) -> None:
     p.add_argument("--size", default="320x240")
     p.add_argument("--secret", default=None, help="passphrase (tests only: visible in ps)")
     p.add_argument("--data-dir", default=None, help="autosave into this folder")
+    p.add_argument("--flood-rate", type=float, default=None,
+                   help="datagrams/s from one sender before it counts as a flood")
     a = p.parse_args(argv)
     w, h = (int(v) for v in a.size.split("x"))
+    from p2pboard.session import Timers
+
+    timers = Timers(flood_rate=a.flood_rate) if a.flood_rate else None
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     async with p2pboard.open_board(group=a.group, port=a.port, iface=a.iface, name=a.name,
                                    size=(w, h), secret=a.secret,
                                    autosave=a.data_dir is not None,
-                                   data_dir=a.data_dir) as board:
+                                   data_dir=a.data_dir, timers=timers) as board:
         out(event="ready", id=board.id, restored=board.restored_from is not None)
         while True:
             line = (await reader.readline()).decode().split()

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from .netns import Lan, require_lan
@@ -57,6 +59,55 @@ def test_partition_then_heal_keeps_both_sides(lan):
         results = [p.sync(60) for p in peers]
         assert all(r["synced"] for r in results), results
         assert len({r["digest"] for r in results}) == 1, results
+    finally:
+        for p in peers:
+            p.quit()
+
+
+def test_an_attacker_on_the_lan_is_counted_and_the_others_carry_on(lan):
+    """Host 2 attacks (tests/attacker.py) while hosts 0 and 1 draw: they converge, host 1
+    stays within bounded memory, and its stats and log name what it refused."""
+    import subprocess
+    import sys
+
+    port = port_for("lan-attack")
+    peers = []
+    try:
+        # A low flood limit, so that the flood trips it whatever the speed of this machine
+        # (the default, about 10,800 datagrams/s, is above what an attacker written in
+        # Python reaches here while the peers run on the same two cores).
+        flood = ["--flood-rate", "1500"]
+        a = Peer("a", port, iface=lan.addr(0), prefix=lan.prefix(0), extra=flood)
+        b = Peer("b", port, iface=lan.addr(1), prefix=lan.prefix(1), extra=flood)
+        peers += [a, b]
+        a.send("draw 41 3")
+        a.expect("drawn", 60)
+        attack = lan.run(2, [sys.executable, "-m", "tests.attacker", "239.255.80.80",
+                             str(port), lan.addr(2), str(a.id), "320x240", "6"],
+                         stdout=subprocess.PIPE, text=True)
+        a.send("draw 42 10")
+        b.send("draw 43 10")
+        a.expect("drawn", 120)
+        b.expect("drawn", 120)
+        sent = json.loads(attack.stdout.readline())
+        attack.wait(30)
+        results = [p.sync(60) for p in (a, b)]
+        assert all(r["synced"] for r in results), results
+        assert results[0]["digest"] == results[1]["digest"]
+        sa, sb = a.stats(), b.stats()
+        for key in ("rejected_malformed", "rejected_version", "rejected_spoofed",
+                    "rejected_flood"):
+            assert sb[key] > 0, (key, sb)
+        # amplification: at most 4 repairs of each datagram a second, whatever is asked
+        assert sa["repairs_refused"] > 0
+        assert sa["repairs_sent"] <= 4 * (6 + 4) * sa["data_sent"], sa
+        assert sb["unrecoverable"] == 0
+        assert b.stats()["rejected_spoofed"] >= sent["spoofed"] * 0.5
+        rss = b.rss()
+        assert rss < 400 << 20, rss
+        b.quit()
+        log = b.proc.stderr.read()
+        assert "refused" in log and "spoofed" in log, log[-2000:]
     finally:
         for p in peers:
             p.quit()

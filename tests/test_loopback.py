@@ -23,13 +23,14 @@ class Peer:
 
     def __init__(self, name: str, port: int, iface: str = "127.0.0.1", size: str = "320x240",
                  prefix: list[str] | None = None, secret: str | None = None,
-                 data_dir: str | None = None) -> None:
+                 data_dir: str | None = None, extra: list[str] | None = None) -> None:
         argv = [*(prefix or []), sys.executable, "-m", "tests.peer_proc", "--port", str(port),
                 "--iface", iface, "--name", name, "--size", size]
         if secret is not None:
             argv += ["--secret", secret]
         if data_dir is not None:
             argv += ["--data-dir", str(data_dir)]
+        argv += extra or []
         self.name = name
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -59,6 +60,13 @@ class Peer:
     def stats(self) -> dict:
         self.send("stats")
         return self.expect("stats", 30)["stats"]
+
+    def rss(self) -> int:
+        """Resident memory of the peer process, in bytes (from /proc)."""
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
 
     def quit(self) -> None:
         if self.proc.poll() is None:

@@ -23,6 +23,7 @@ log = logging.getLogger("p2pboard.net")
 
 RECV_SIZE = 2048  # larger than any valid datagram, so oversized ones are seen and dropped
 READ_BATCH = 512  # datagrams read per wake-up before yielding to the loop
+REJECT_REPORT = 10.0  # seconds between summaries of what was refused
 
 
 class Edge:
@@ -44,10 +45,31 @@ class Edge:
         self._faults = 0
         self.send_errors = 0
         self.closed = False
+        self._rejected_seen: dict[str, int] = {}
+        self._reports = 0
+        self._report_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self.loop.add_reader(self.sock.fileno(), self._readable)
+        self._report_timer = self.loop.call_later(1.0, self._report_rejections)
         self.pump()
+
+    def _report_rejections(self) -> None:
+        """Log what was refused since the last report: at once for the first few, then a
+        summary every REJECT_REPORT seconds (a hostile sender cannot flood the log)."""
+        stats = self.engine.stats.as_dict()
+        new = {k: v - self._rejected_seen.get(k, 0) for k, v in stats.items()
+               if (k.startswith("rejected_") or k == "repairs_refused")
+               and v > self._rejected_seen.get(k, 0)}
+        if new:
+            self._rejected_seen.update({k: stats[k] for k in new})
+            self._reports += 1
+            what = ", ".join(f"{k.replace('rejected_', '')} {n}" for k, n in sorted(new.items()))
+            log.warning("refused %d datagrams%s: %s", sum(new.values()),
+                        "" if self._reports == 1 else " since the last report", what)
+        if not self.closed:
+            self._report_timer = self.loop.call_later(
+                1.0 if self._reports < 3 else REJECT_REPORT, self._report_rejections)
 
     def add_listener(self, fn: Callable[[Event], None]) -> None:
         self._listeners.append(fn)
@@ -200,6 +222,8 @@ class Edge:
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._report_timer is not None:
+            self._report_timer.cancel()
         try:
             self.loop.remove_reader(self.sock.fileno())
             if self._writer:
