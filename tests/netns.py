@@ -81,8 +81,11 @@ def sh(*argv: str, check: bool = True, input: str | None = None) -> str:
 class Lan:
     """``n`` hosts on one bridge. Use as a context manager; everything is deleted after."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, snooping: bool = False) -> None:
+        """``snooping``: the bridge snoops IGMP and is the querier, with timers short enough
+        for a test (membership lapses 8 s after a host's last report), like a switch."""
         self.n = n
+        self.snooping = snooping
         self.tag = uuid.uuid4().hex[:6]
         self.bridge = f"pb{self.tag}"
         self.hosts = [f"pb{self.tag}h{i}" for i in range(n)]
@@ -93,8 +96,14 @@ class Lan:
 
     def __enter__(self) -> Lan:
         try:
-            # No IGMP snooping: without a querier it would only add timing (MULTICAST-NOTES 9).
-            sh("ip", "link", "add", self.bridge, "type", "bridge", "mcast_snooping", "0")
+            if self.snooping:  # centiseconds
+                sh("ip", "link", "add", self.bridge, "type", "bridge", "mcast_snooping", "1",
+                   "mcast_querier", "1", "mcast_query_interval", "300",
+                   "mcast_query_response_interval", "100", "mcast_membership_interval", "800",
+                   "mcast_startup_query_interval", "100", "mcast_querier_interval", "700")
+            else:
+                # No snooping: without a querier it would only add timing (MULTICAST-NOTES 9).
+                sh("ip", "link", "add", self.bridge, "type", "bridge", "mcast_snooping", "0")
             sh("ip", "link", "set", self.bridge, "up")
             for i, host in enumerate(self.hosts):
                 sh("ip", "netns", "add", host)
@@ -171,6 +180,14 @@ class Lan:
                 self._table(i)
                 self.exec(i, "nft", "add", "rule", "inet", "pbtest", "input", "ip", "saddr",
                           f"{{ {addrs} }}", "drop")
+
+    def deafen_igmp(self, i: int) -> None:
+        """Host ``i`` stops answering IGMP queries (they are dropped on the way in), so a
+        snooping bridge forgets its membership: it no longer gets the group's traffic until
+        it reports its membership again by itself (re-joining)."""
+        self._table(i)
+        self.exec(i, "nft", "add", "rule", "inet", "pbtest", "input", "ip", "protocol", "igmp",
+                  "drop")
 
     def heal(self) -> None:
         """Remove every loss and partition rule."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -111,3 +112,33 @@ def test_an_attacker_on_the_lan_is_counted_and_the_others_carry_on(lan):
     finally:
         for p in peers:
             p.quit()
+
+
+def test_a_peer_that_a_snooping_switch_stops_serving_rejoins_and_catches_up():
+    """A switch snooping IGMP forgets a host that does not answer its queries and stops
+    forwarding the group to it. The peer there hears nobody, re-joins (a fresh report),
+    says so in its log and stats, and catches up with what was drawn meanwhile."""
+    require_lan()
+    port = port_for("lan-igmp")
+    with Lan(2, snooping=True) as lan:
+        lan.deafen_igmp(1)
+        peers = []
+        try:
+            a = Peer("a", port, iface=lan.addr(0), prefix=lan.prefix(0))
+            b = Peer("b", port, iface=lan.addr(1), prefix=lan.prefix(1))
+            peers += [a, b]
+            a.send("draw 61 2")
+            a.expect("drawn", 60)
+            end = time.monotonic() + 60
+            while b.stats()["rejoins"] == 0:  # the membership lapses, b hears nobody ...
+                assert time.monotonic() < end, "b never noticed the silence"
+                time.sleep(0.5)
+            a.send("draw 62 3")  # ... re-joins, and gets what is drawn now and before
+            a.expect("drawn", 60)
+            ra, rb = a.sync(30), b.sync(30)
+            assert ra["synced"] and rb["synced"] and ra["digest"] == rb["digest"], (ra, rb)
+            b.quit()
+            assert "re-joined the multicast group" in b.proc.stderr.read()
+        finally:
+            for p in peers:
+                p.quit()
