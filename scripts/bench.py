@@ -62,14 +62,12 @@ def machine() -> str:
 def bench_ui(peers: int, strokes: int) -> dict:
     from tests.test_loopback import Peer
 
+    from tests.test_ui import start_xvfb
+
     tmp = Path(tempfile.mkdtemp(prefix="p2pbench-"))
-    disp = ":57"
-    xvfb = subprocess.Popen(["Xvfb", disp, "-screen", "0", "1400x900x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    xvfb, disp = start_xvfb("1400x900x24")
     procs: list = []
     try:
-        while not Path(f"/tmp/.X11-unix/X{disp[1:]}").exists():
-            time.sleep(0.05)
         state = tmp / "state.json"
         env = {**os.environ, "DISPLAY": disp, "P2PBOARD_UI_STATE": str(state),
                "P2PBOARD_UI_CONTROL": str(tmp / "ctl"), "P2PBOARD_UI_GEOMETRY": "0,0,1280,800",

@@ -45,21 +45,38 @@ def test_fifteen_percent_kernel_loss_on_every_host(lan):
             p.quit()
 
 
-def test_partition_then_heal_keeps_both_sides(lan):
+def test_partition_then_heal_keeps_both_sides(lan, tmp_path):
+    """Two halves of the LAN draw apart; after the heal every pixel either half had inked
+    is still inked on every board (JGroups' Draw demo overwrites one side here)."""
+    import numpy as np
+    from PIL import Image
+
     port = port_for("lan-partition")
     peers = []
+
+    def ink(p, name):
+        p.send(f"png {tmp_path / name}")
+        p.expect("png", 30)
+        return (np.asarray(Image.open(tmp_path / name).convert("RGB")) != 255).any(axis=-1)
+
     try:
         for i in range(4):
             peers.append(Peer(f"h{i}", port, iface=lan.addr(i), prefix=lan.prefix(i)))
         lan.partition([0, 1])
         for i, p in enumerate(peers):
-            p.send(f"draw {20 + i} 4")
+            p.send(f"draw {20 + i} 6")
         for p in peers:
             p.expect("drawn", 120)
+        halves = [peers[0].sync(20), peers[2].sync(20)]
+        assert halves[0]["digest"] != halves[1]["digest"]
+        left, right = ink(peers[0], "left.png"), ink(peers[2], "right.png")
         lan.heal()
         results = [p.sync(60) for p in peers]
         assert all(r["synced"] for r in results), results
         assert len({r["digest"] for r in results}) == 1, results
+        merged = ink(peers[3], "merged.png")
+        assert left.sum() > 300 and right.sum() > 300
+        assert not ((left | right) & ~merged).any()
     finally:
         for p in peers:
             p.quit()

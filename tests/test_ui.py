@@ -37,20 +37,27 @@ def require_display_tools() -> None:
         pytest.skip(msg)
 
 
+def start_xvfb(screen: str = "1600x900x24") -> tuple[subprocess.Popen, str]:
+    """An X server of our own. Xvfb picks a free display itself and tells us which
+    (-displayfd), so concurrent test runs on one machine never share a screen."""
+    rfd, wfd = os.pipe()
+    proc = subprocess.Popen(["Xvfb", "-displayfd", str(wfd), "-screen", "0", screen,
+                             "-nolisten", "tcp"], pass_fds=(wfd,),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(wfd)
+    with os.fdopen(rfd) as r:
+        number = r.readline().strip()  # written once the server is ready
+    if not number.isdigit():
+        proc.kill()
+        raise RuntimeError("Xvfb did not start")
+    return proc, f":{number}"
+
+
 @pytest.fixture(scope="module")
 def display():
     require_display_tools()
-    for n in range(70, 99):
-        if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists():
-            break
-    proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1600x900x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    end = time.monotonic() + 15
-    while not Path(f"/tmp/.X11-unix/X{n}").exists():
-        if time.monotonic() > end or proc.poll() is not None:
-            raise RuntimeError("Xvfb did not start")
-        time.sleep(0.05)
-    yield f":{n}"
+    proc, disp = start_xvfb()
+    yield disp
     proc.terminate()
     proc.wait()
 

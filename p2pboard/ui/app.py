@@ -127,8 +127,9 @@ def link_health(p) -> str:
         return "joining…"
     lag = "lag …" if p.lag is None else f"lag {1000 * p.lag:.1f} ms"
     text = f"loss {100 * p.loss_rate:.1f}% · {lag}"
-    bad = p.loss_rate >= 0.10 or (p.lag or 0) >= 0.1
-    poor = p.loss_rate >= 0.02 or (p.lag or 0) >= 0.02
+    # People notice drawing arriving ~100 ms late; loss is repaired, but heavy loss slows it.
+    bad = p.loss_rate >= 0.10 or (p.lag or 0) >= 0.2
+    poor = p.loss_rate >= 0.02 or (p.lag or 0) >= 0.05
     if bad:
         return f"[color=c62828]{text}[/color]"
     if poor:
