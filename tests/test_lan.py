@@ -71,9 +71,14 @@ def test_partition_then_heal_keeps_both_sides(lan, tmp_path):
         assert halves[0]["digest"] != halves[1]["digest"]
         left, right = ink(peers[0], "left.png"), ink(peers[2], "right.png")
         lan.heal()
-        results = [p.sync(60) for p in peers]
-        assert all(r["synced"] for r in results), results
-        assert len({r["digest"] for r in results}) == 1, results
+        end = time.monotonic() + 60
+        while True:  # until every peer hears the other half again and all agree
+            results = [p.sync(30) for p in peers]
+            if (all(r["synced"] and r["peers"] == 3 for r in results)
+                    and len({r["digest"] for r in results}) == 1):
+                break
+            assert time.monotonic() < end, results
+            time.sleep(0.5)
         merged = ink(peers[3], "merged.png")
         assert left.sum() > 300 and right.sum() > 300
         assert not ((left | right) & ~merged).any()
