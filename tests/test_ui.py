@@ -66,7 +66,8 @@ class Window:
     """A p2pboard window process with its state and control files."""
 
     def __init__(self, display: str, port: int, tmp: Path, name: str, geometry=(0, 0, 1000, 640),
-                 extra_env=None) -> None:
+                 extra_env=None, args=("--iface", "127.0.0.1"), prefix=(), size=SIZE,
+                 joined: bool = True) -> None:
         self.display = display
         self.name = name
         self.state_file = tmp / f"{name}.state.json"
@@ -82,10 +83,12 @@ class Window:
                "KIVY_NO_CONSOLELOG": "1", **(extra_env or {})}
         self.log = open(tmp / f"{name}.log", "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "p2pboard", "--iface", "127.0.0.1", "--port", str(port),
-             "--size", f"{SIZE[0]}x{SIZE[1]}", "--name", name], cwd=ROOT, env=env,
+            [*prefix, sys.executable, "-m", "p2pboard", *args, "--port", str(port),
+             "--size", f"{size[0]}x{size[1]}", "--name", name], cwd=ROOT, env=env,
             stdout=self.log, stderr=subprocess.STDOUT)
-        self.wait(lambda s: s.get("digest") is not None and not s.get("joining"), 60, "joined")
+        if joined:
+            self.wait(lambda s: s.get("digest") is not None and not s.get("joining"), 60,
+                      "joined")
 
     def state(self) -> dict:
         try:
@@ -170,6 +173,10 @@ class Window:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+def win_port(win: Window) -> int:
+    return int(win.proc.args[win.proc.args.index("--port") + 1])
 
 
 def board_png(peer: Peer, tmp: Path, name: str) -> np.ndarray:
@@ -346,3 +353,35 @@ def test_two_windows_and_a_late_joiner_converge(setup, tmp_path):
     if os.environ.get("P2PBOARD_UPDATE_SCREENSHOT"):
         shutil.copy(tmp_path / "screenshot.png", ROOT / "docs" / "screenshot.png")
     assert np.asarray(shot).std() > 10
+
+
+def test_no_network_at_all_is_said_in_the_window(setup, tmp_path):
+    make_window, _ = setup
+    # A fresh network namespace of its own: not even loopback is up, no multicast route.
+    win = make_window("offline", args=(), prefix=("unshare", "-n"), joined=False)
+    s = win.wait(lambda s: s.get("popup") == "network", 30, "showing the network error")
+    assert s["popup_title"] == "Cannot join the board"
+    assert "cannot join" in s["error"] and "239.255.80.80" in s["error"], s["error"]
+
+
+def test_a_wrong_interface_offers_the_others_and_picking_one_joins(setup, tmp_path):
+    make_window, make_peer = setup
+    win = make_window("wrong-iface", args=("--iface", "198.51.100.7"), joined=False)
+    s = win.wait(lambda s: s.get("popup") == "network", 30, "showing the network error")
+    assert "198.51.100.7" in s["error"] and "lo 127.0.0.1" in s["error"], s["error"]
+    win.command("iface 127.0.0.1")  # what the dialog's "lo 127.0.0.1" button does
+    win.wait(lambda s: s.get("digest") is not None and not s.get("joining"), 30, "joined")
+    peer = make_peer()
+    synced_digest(win, peer)
+    assert "127.0.0.1" in win.state()["status"]
+
+
+def test_a_peer_with_another_canvas_size_is_reported_in_the_window(setup, tmp_path):
+    make_window, _ = setup
+    win = make_window()
+    big = Peer("big-canvas", win_port(win), size="800x600")
+    try:
+        s = win.wait(lambda s: s.get("popup") == "message", 30, "reporting the size")
+        assert s["popup_title"] == "Different canvas size"
+    finally:
+        big.quit()

@@ -36,6 +36,8 @@ class Edge:
         self.iface = iface  #: interface address the group was joined on (None: default)
         self.rejoined_at: float | None = None  #: loop time of the last re-join
         self.rejoin_error: str | None = None
+        #: (loop time, message) of the latest failed send, e.g. the network went away
+        self.last_send_error: tuple[float, str] | None = None
         self.loop = loop or asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -126,6 +128,7 @@ class Edge:
                 return
             except OSError as err:
                 self.send_errors += 1
+                self.last_send_error = (self.loop.time(), err.strerror or str(err))
                 if err.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENODEV,
                                  errno.EADDRNOTAVAIL):
                     if self.send_errors in (1, 100, 10_000):

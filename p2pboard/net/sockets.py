@@ -22,6 +22,7 @@ documented behaviour and have not been run.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import re
@@ -108,7 +109,7 @@ def open_multicast_socket(group: str, port: int, iface: str | None = None, *, tt
         if sys.platform.startswith("linux"):
             step = "turn off IP_MULTICAST_ALL"
             sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
-        step = f"join {group} on {iface or 'the default interface'}"
+        step = "join"
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _mreq(group, iface))
         if iface is not None:
             step = f"send through {iface}"
@@ -132,11 +133,26 @@ def open_multicast_socket(group: str, port: int, iface: str | None = None, *, tt
         hint = ""
         if names:
             hint = "; interfaces: " + ", ".join(f"{n} {a}" for n, a in names)
+        where = iface or "the default interface"
         raise MulticastSetupError(
-            f"cannot {step} for board {group}:{port} on "
-            f"{iface or 'the default interface'}: {err.strerror or err}{hint}",
-            names, err.errno) from err
+            f"cannot join the board {group}:{port} on {where}: "
+            f"{_explain(step, err, iface, port)}{hint}", names, err.errno) from err
     return sock, info
+
+
+def _explain(step: str, err: OSError, iface: str | None, port: int) -> str:
+    """What a failed setup step means, in words a user can act on."""
+    code = err.errno
+    if step == "join" and code in (errno.ENODEV, errno.EADDRNOTAVAIL):
+        if iface is None:
+            return ("no network connection can carry multicast here (no network, or no "
+                    "route for multicast): connect to a network or choose an interface")
+        return f"no interface of this machine has the address {iface}"
+    if code == errno.EADDRINUSE:
+        return f"port {port} is taken by a program that does not share it"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"not allowed to {step} (a firewall or a privileged port?)"
+    return f"could not {step}: {err.strerror or err}"
 
 
 def _mreq(group: str, iface: str | None) -> bytes:

@@ -604,7 +604,11 @@ class BoardApp(App):
         n = len(b.peers) + 1
         state = "joining…" if b.joining else "in sync" if b.synced() else "catching up…"
         silent = b.silent_for
-        if b.rejoined_at is not None and silent >= b.engine.timers.silence_rejoin and (
+        failed = b.edge.last_send_error if b.edge is not None else None
+        if failed is not None and b._now() - failed[0] < 3.0:
+            state = (f"[color=c62828]cannot send: {failed[1]} (no network, or no route for "
+                     f"multicast on this interface)[/color]")
+        elif b.rejoined_at is not None and silent >= b.engine.timers.silence_rejoin and (
                 b.engine._peers):
             # Peers were here and have gone quiet together: the network, not them.
             state = (f"[color=c62828]no one heard for {silent:.0f} s; re-joined the "
@@ -670,6 +674,8 @@ class BoardApp(App):
             return
         b = self.board
         state = dict(title=self.title, popup=self.popup_kind, error=self.error,
+                     popup_title=self.popup.title if self.popup is not None else "",
+                     status=self.status.text,
                      saved=str(self.last_saved) if self.last_saved else None,
                      eraser=self.eraser, width=self.brush_width)
         if b is not None:
@@ -709,6 +715,8 @@ class BoardApp(App):
             elif parts[0] == "brush" and len(parts) == 3:
                 self.set_color(PALETTE[int(parts[1]) - 1])
                 self.width_slider.value = int(parts[2])
+            elif parts[0] == "iface" and len(parts) == 2:  # as the dialog's buttons do
+                self._retry_with(parts[1])
             elif parts[0] == "screenshot" and len(parts) == 2:
                 Window.screenshot(name=parts[1])
             elif parts[0] == "quit":
