@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(run_headless(config, args.save, **autosave))
         except KeyboardInterrupt:
             return 0
+    # Kivy's log level comes from its config, read on import (KCFG_ overrides it).
+    os.environ.setdefault("KCFG_KIVY_LOG_LEVEL", "debug" if args.verbose >= 2 else "critical")
     try:
         from .ui import app
     except ImportError as err:
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
               "pip install 'p2pboard[ui]' (scripts/run.sh does), or run a peer without a "
               "window with --headless.", file=sys.stderr)
         return 1
+    if args.verbose < 2:  # Kivy set its own level on import
+        logging.getLogger("kivy").setLevel(logging.CRITICAL + 1)
     return app.run(config, save=args.save, **autosave)
 
 

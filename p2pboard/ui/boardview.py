@@ -40,6 +40,7 @@ class BoardView(Widget):
         self.frame_times: list[float] = []  # seconds of work per frame (blit, cursors)
         self.frame_gaps: list[float] = []  # seconds between frames
         self._last_frame = None
+        self._cursor_key = None
         with self.canvas:
             Color(0.82, 0.84, 0.87, 1)
             self._bg = Rectangle(pos=self.pos, size=self.size)
@@ -232,14 +233,22 @@ class BoardView(Widget):
         return tex
 
     def _draw_cursors(self) -> None:
-        g = self._overlay
-        g.clear()
         now = time.monotonic()
         peers = self.board.peers
         for pid, (x, y, t) in list(self._cursors.items()):
             if now - t > CURSOR_TTL or pid not in peers:
                 del self._cursors[pid]
-                continue
+        # Rebuild the overlay only when something in it changed: touching the canvas makes
+        # Kivy redraw the whole window, which is most of a frame's cost.
+        key = (tuple((pid, x, y, peers[pid].name, peers[pid].color)
+                     for pid, (x, y, _t) in sorted(self._cursors.items())),
+               self._ox, self._oy, self.scale)
+        if key == self._cursor_key:
+            return
+        self._cursor_key = key
+        g = self._overlay
+        g.clear()
+        for pid, (x, y, t) in self._cursors.items():
             info = peers[pid]
             rgb = tuple(c / 255 for c in info.color[:3])
             wx, wy = self.to_window(x, y)
