@@ -261,6 +261,8 @@ class Board:
             ys = ix32 // w
             xs = ix32 - ys * w
             box = (int(xs.min()), int(ys[0]), int(xs.max()) + 1, int(ys[-1]) + 1)
+            # The log keeps one copy of the pixels (int32: half the record's int64).
+            rec = Paint(rec.author, rec.opno, rec.lamport, rec.color, ix32)
             return Entry(key, rec, ix32, box, int(ix.size))
         if isinstance(rec, Image):
             ih, iw = rec.rgba.shape[:2]
