@@ -432,9 +432,12 @@ class Autosaver:
         return self._start()
 
     def _backoff(self) -> float:
-        """Time between save starts: ``interval``, doubling with each failure in a row up
-        to 32 times (a full disk is not retried, at full dump cost, every second)."""
-        return self.interval * 2 ** min(self._fails_in_row, 5)
+        """Time between save starts: ``interval``, or four times what the last save took if
+        that is longer (a board full of photos takes a while to compress: saving it must
+        not keep a core busy), doubling with each failure in a row up to 32 times (a full
+        disk is not retried, at full dump cost, every second)."""
+        base = max(self.interval, 4 * (self.snapshot_seconds + self.write_seconds))
+        return base * 2 ** min(self._fails_in_row, 5)
 
     def next_poll(self, now: float) -> float:
         """Seconds until :meth:`poll` may next have something to do."""
