@@ -367,6 +367,11 @@ class Board:
             h = stamp.size // w
             st2 = stamp.reshape(h, w)[y0:y1, x0:x1]
             co2 = color.reshape(h, w, 4)[y0:y1, x0:x1]
+            if only is None and int(st2.max()) < s:
+                # Everything under it is older (a fresh paste): plain copies, no masks.
+                st2[...] = s
+                co2[...] = rec.rgba
+                return
             m = st2 < s
             if only is not None:
                 m &= only.reshape(h, w)[y0:y1, x0:x1]
