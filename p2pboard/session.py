@@ -336,6 +336,8 @@ class Engine:
         self._requesters = _Buckets(t.repair_budget_rate, t.repair_budget_burst, 1024)
         self._repaired: dict[tuple[int, int], list] = {}  # key -> [window start, repairs]
         self._quarantine: dict[int, float] = {}  # flooding sender -> refused until
+        self._early: dict[int, dict[int, tuple[float, bytes]]] = {}  # repairs held back
+        self._early_count = 0
         # silence and anti-entropy
         self._last_heard_other = now
         self._silence_wait = t.silence_rejoin
@@ -711,6 +713,11 @@ class Engine:
         try:
             handler = self._handlers[h.type]
             handler(self, h, body, data, now)
+            if self._early_count:
+                for sid in list(self._early):
+                    src = self._sources.get(sid)
+                    if src is not None:
+                        self._release_early_repairs(src, now)
         except wire.DecodeError:
             st.rejected_malformed += 1
         except store.StoreError:
@@ -874,9 +881,11 @@ class Engine:
             self.stats.duplicates += 1
             return
         if repair and src.anchored and seq > src.highest:
-            # Nobody has told us this datagram exists: not a repair we (or anyone we heard)
-            # could have asked for. Genuine ones are NACKed, and so repaired, later.
-            self.stats.rejected_repair += 1
+            # Nobody has told us this datagram exists yet: someone else's NACK was answered
+            # before the news reached us, or it is a forgery meant to pre-empt the author's
+            # own datagram. Hold it until we learn the datagram exists; the author's own
+            # copy, if it comes first, wins.
+            self._hold_early_repair(src, seq, data, now)
             return
         if src.anchored and seq > src.contiguous + self.timers.receive_window:
             self.stats.rejected_window += 1
@@ -917,6 +926,41 @@ class Engine:
                 self.stats.rejected_records += 1
             self.board.apply(rec, h.sender, seq, idx)
         self._advance(src)
+
+    def _hold_early_repair(self, src: Source, seq: int, data: bytes, now: float) -> None:
+        held = self._early.setdefault(src.id, {})
+        if seq in held:
+            return
+        if self._early_count >= MAX_EARLY_REPAIRS or seq > src.highest + EARLY_REPAIR_AHEAD:
+            self.stats.rejected_repair += 1
+            return
+        held[seq] = (now, data)
+        self._early_count += 1
+
+    def _release_early_repairs(self, src: Source, now: float) -> None:
+        """Repairs held for datagrams we now know exist (or that arrived meanwhile)."""
+        held = self._early.get(src.id)
+        if not held:
+            return
+        for seq in sorted(s for s in held if s <= src.highest or s <= src.contiguous
+                          or s in src.held):
+            _, data = held.pop(seq)
+            self._early_count -= 1
+            if seq > src.contiguous and seq not in src.held:
+                self._on_data(wire.decode_header(data), memoryview(data)[wire.HEADER.size:],
+                              data, now)
+        if not held:
+            self._early.pop(src.id, None)
+
+    def _expire_early_repairs(self, now: float) -> None:
+        for sid in list(self._early):
+            held = self._early[sid]
+            for seq in [s for s, (t, _) in held.items() if now - t > 1.0]:
+                del held[seq]
+                self._early_count -= 1
+                self.stats.rejected_repair += 1
+            if not held:
+                del self._early[sid]
 
     def _advance(self, src: Source) -> None:
         moved = False
@@ -1448,6 +1492,7 @@ class Engine:
         for k in [k for k, until in self._holddown.items() if until <= now]:
             del self._holddown[k]
         self._prune_repaired(now)
+        self._expire_early_repairs(now)
         self._flood.prune(now)
         self._requesters.prune(now)
         for pid in [pid for pid, t in self._ae_asked.items()
@@ -1487,4 +1532,7 @@ MAX_NACK_SEQS = 2048
 MAX_REPAIR_QUEUE = 8192
 #: Snapshots asked for one source's gaps before they are declared lost.
 GIVE_UPS = 3
+#: Repairs held until we learn their datagram exists: at most this many, this far ahead.
+MAX_EARLY_REPAIRS = 2048
+EARLY_REPAIR_AHEAD = 64
 _TYPES = frozenset(int(t) for t in wire.MsgType)

@@ -159,3 +159,23 @@ def test_replayed_datagrams_change_nothing():
     net.settle()
     assert b.engine.board.digest() == good == a.engine.board.digest()
     assert b.engine.stats.duplicates > dup_before
+
+
+def test_a_forged_repair_of_the_next_datagram_cannot_preempt_the_authors_own():
+    net = SimNet(27)
+    a, b, c = start(net, 3)
+    rng = random.Random(6)
+    scribble(net, a, rng)
+    net.settle()
+    e = c.engine
+    nxt = a.engine.seq + 1
+    forged = wire.encode_header(wire.MsgType.DATA, a.engine.id, nxt, (W, H),
+                                flags=wire.FLAG_REPAIR) + wire.encode_paint(
+        Paint(a.engine.id, 77, 1 << 24, (255, 0, 255, 255), np.arange(200, dtype=np.int64)),
+        W)[0][0]
+    e.receive_datagram(forged, ATTACKER, net.now)  # held: nobody said seq nxt exists
+    assert e.board.digest() == a.engine.board.digest()
+    scribble(net, a, rng)  # a's real datagram nxt
+    net.settle()
+    assert e.board.digest() == a.engine.board.digest() == b.engine.board.digest()
+    assert not ((e.board.stamps >> 32) == (1 << 24)).any()  # the forgery never applied
