@@ -236,6 +236,7 @@ class Soak:
                              "loss_change": 0, "restart": 0}
         self.errors: list[str] = []
         self._bag: list[str] = []
+        self.loadavg: list[float] = []  # the machine's 1-minute load, every second
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -406,6 +407,7 @@ class Soak:
                 for p in self.current.values():
                     if p is not None:
                         p.sample(t)
+                self.loadavg.append(os.getloadavg()[0])
                 next_sample = t + 1.0
             progress(self)
             time.sleep(0.1)
@@ -517,12 +519,15 @@ class Soak:
         rejected: dict[str, int] = {}
         for p in final + left:
             for k in STAT_KEYS:
-                totals[k] += int(p.stats.get(k, 0))
+                if k != "missing" or p in final:  # still missing at the end
+                    totals[k] += int(p.stats.get(k, 0))
             for k, v in p.stats.items():
                 if k.startswith("rejected_"):
                     rejected[k] = rejected.get(k, 0) + int(v)
-        unrecovered = sum(int(p.stats.get("unrecoverable", 0)) + int(p.stats.get("missing", 0))
-                          for p in final + left)
+        # Gaps skipped as unrecoverable by anyone, plus what a final peer still misses after
+        # syncing (a peer that left mid-run naturally had gaps in flight: not counted).
+        unrecovered = (sum(int(p.stats.get("unrecoverable", 0)) for p in final + left)
+                       + sum(int(p.stats.get("missing", 0)) for p in final))
         drawn: dict[str, int] = {}
         for p in final:
             for k, v in p.drawn.items():
@@ -540,6 +545,7 @@ class Soak:
             "drawn_by_final_peers": drawn,
             "stats_from": f"{len(final)} final peers and {len(left)} that left gracefully "
                           f"(killed peers' counters die with them)",
+            "per_peer_stats": {p.label: p.stats for p in final + left},
             "painted_pixels": int(np.any(ref != np.array(BACKGROUND, np.uint8), axis=2).sum()),
         }
 
@@ -645,9 +651,11 @@ def render(res: dict) -> str:
     lines = [
         f"Command: `{res['command']}`  ",
         f"Date: {res['date']}  ",
-        f"Machine: {res['machine']}; load average {res['load_before']} before the run, "
-        f"{res['load_after']} after (the machine's 2 cores were shared with other work, so "
-        "peers competed for CPU with each other and with other processes)  ",
+        f"Machine: {res['machine']}. Load average (1, 5, 15 min) {res['load_before']} before "
+        f"the run, {res['load_after']} after; the 1-minute load during the run was "
+        f"{res['load_during'][0]} to {res['load_during'][2]} (mean {res['load_during'][1]}): "
+        "the cores were shared with other work, so the peers competed for CPU with each "
+        "other and with unrelated processes  ",
         f"Board {res['size']}, {res['peers']} hosts, {res['seconds']:.0f} s of churn, "
         f"seed {res['seed']}, autosave {'on' if res['autosave'] else 'not available yet'}",
         "",
@@ -806,6 +814,9 @@ def main(argv: list[str] | None = None) -> int:
         "peers": plan.peers, "seconds": plan.seconds, "seed": plan.seed, "size": plan.size,
         "autosave": any(p.autosave for p in soak.all),
         "pid_checks": all(m["pid_is_python"] for m in mem.values()),
+        "load_during": [round(min(soak.loadavg, default=0), 2),
+                        round(statistics.fmean(soak.loadavg or [0]), 2),
+                        round(max(soak.loadavg, default=0), 2)],
         "faults": soak.fault_counts, "events": soak.events, "result": result, "memory": mem,
         "sparklines": sparklines(mem, soak.now()),
     }
