@@ -650,7 +650,7 @@ def render(res: dict) -> str:
     r, mem = res["result"], res["memory"]
     lines = [
         f"Command: `{res['command']}`  ",
-        f"Date: {res['date']}  ",
+        f"Date: {res['date']} (start) to {res['ended']} (end)  ",
         f"Machine: {res['machine']}. Load average (1, 5, 15 min) {res['load_before']} before "
         f"the run, {res['load_after']} after; the 1-minute load during the run was "
         f"{res['load_during'][0]} to {res['load_during'][2]} (mean {res['load_during'][1]}): "
@@ -784,6 +784,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"soak.py: {plan.peers} hosts, {plan.seconds:.0f} s, seed {plan.seed}, board "
           f"{plan.size}", file=sys.stderr)
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     work = Path(tempfile.mkdtemp(prefix="p2pboard-soak-"))
     progress = Progress(plan.seconds)
     soak = None
@@ -807,8 +808,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     mem = memory_report(soak)
     res = {
-        "command": command, "date": datetime.datetime.now().astimezone().isoformat(
-            timespec="seconds"),
+        "command": command, "date": started,
+        "ended": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine(), "load_before": load_before,
         "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "peers": plan.peers, "seconds": plan.seconds, "seed": plan.seed, "size": plan.size,

@@ -191,7 +191,7 @@ TestEngineUnderAttack.settings = settings(max_examples=60, stateful_step_count=3
 def test_a_hostile_snapshot_offer_cannot_make_the_joiner_list_millions_of_chunks(monkeypatch):
     engine, now = fz.base("joiner")
     meta = wire.encode_snap_meta(fz.A, 0, fz.SIZE, wire.SnapMeta(
-        fz.C, engine._fetch.req_id, 77, 1 << 21, 1))
+        fz.C, engine._fetch.req_id, 77, 1 << 19, 1))
     fz.receive(engine, meta, now)
     longest = []
     real = wire.ranges_of
@@ -199,6 +199,33 @@ def test_a_hostile_snapshot_offer_cannot_make_the_joiner_list_millions_of_chunks
     engine.handle_timer(now + 0.05)
     # A real snapshot has at most MAX_SNAPSHOT / SNAP_CHUNK_SIZE chunks (about 230 000).
     assert max(longest, default=0) <= wire.MAX_SNAPSHOT // wire.SNAP_CHUNK_SIZE + 1, longest
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "finding: raster._boxes walks a segment in 32-pixel strips in a Python loop before "
+    "clipping to the canvas, so a STROKE record of 256 i16 points alternating between far "
+    "corners (1058 bytes, entirely off the canvas, passes the MAX_STROKE_AREA check) costs "
+    "about 2 x 255 x 2048 loop turns: tens of seconds of CPU on the receive path of every "
+    "peer, for one datagram"))
+def test_a_far_off_stroke_costs_no_more_than_the_canvas(monkeypatch):
+    from p2pboard import raster
+
+    turns = []
+    real = raster._boxes
+
+    def counting(x0, y0, x1, y1, r, w, h):
+        turns.append(max(1, (max(abs(x1 - x0), abs(y1 - y0)) + raster.STRIP - 1) // raster.STRIP))
+        return real(x0, y0, x1, y1, r, w, h)
+
+    monkeypatch.setattr(raster, "_boxes", counting)
+    pts = [(-32768, 32767) if i % 2 else (32767, -32768) for i in range(8)]
+    rec = wire.STROKE_REC.pack(wire.REC_STROKE, 1, 1, 0xFF0000FF, 0, wire.STROKE_ABS,
+                               len(pts)) + b"".join(struct.pack("!hh", *p) for p in pts)
+    with pytest.raises(wire.DecodeError):
+        wire.decode_records(rec, fz.A, fz.W, fz.H)
+    # Clipped to the canvas first, a segment needs at most this many strips.
+    per_segment = (max(fz.W, fz.H) + 2 * raster.MAX_WIDTH) // raster.STRIP + 2
+    assert sum(turns) <= 2 * (len(pts) - 1) * per_segment, sum(turns)
 
 
 # ---------------------------------------------------------------------------- scripts/fuzz.py
