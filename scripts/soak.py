@@ -61,6 +61,7 @@ BEGIN, END = "<!-- soak-results:begin -->", "<!-- soak-results:end -->"
 STAT_KEYS = ("data_sent", "data_received", "gaps", "recovered", "nacks_sent",
              "nacks_suppressed", "repairs_sent", "repairs_received", "repairs_held_down",
              "duplicates", "snapshots_sent", "snapshots_received", "unrecoverable", "missing",
+             "behind",
              "send_errors", "board_rejected", "board_forced_folds")
 
 
@@ -112,6 +113,7 @@ class PeerProc:
     stats: dict | None = None
     drawn: dict = field(default_factory=dict)  # what its scribbler did (final peers)
     pen_down: bool = False  # in the middle of a stroke (from its pen events)
+    mem: dict = field(default_factory=dict)  # where its memory goes (final peers)
 
     @property
     def label(self) -> str:
@@ -466,12 +468,10 @@ class Soak:
         t_stop = self.now()
         for p in self.current.values():
             p.send("stop")
-        for p in self.current.values():
-            p.expect("stopped", 60)
-            p.sample(self.now())
+        self.wait_all("stopped", 60)
         for p in self.current.values():
             p.send(f"sync {sync_timeout}")
-        syncs = {p.host: p.expect("sync", sync_timeout + 60) for p in self.current.values()}
+        syncs = self.wait_all("sync", sync_timeout + 60)
         t_synced = self.now()
         self.note(f"all peers answered sync in {t_synced - t_stop:.1f} s")
         boards = {}
@@ -485,6 +485,8 @@ class Soak:
             msg = p.expect("stats", 60)
             p.stats = msg["stats"]
             p.drawn = msg["drawn"]
+            p.send("mem")
+            p.mem = p.expect("mem", 60)["mem"]
             p.sample(self.now())
             p.ended = "final"
         for p in self.current.values():
@@ -495,6 +497,28 @@ class Soak:
             except subprocess.TimeoutExpired:
                 p.proc.kill()
         return self.compare(boards, syncs, t_synced - t_stop)
+
+    def wait_all(self, event: str, timeout: float) -> dict[int, dict]:
+        """The answer of every current peer, sampling memory every second meanwhile."""
+        got: dict[int, dict] = {}
+        end = time.monotonic() + timeout
+        next_sample = 0.0
+        while len(got) < len(self.current):
+            if time.monotonic() > end:
+                missing = [p.label for p in self.current.values() if p.host not in got]
+                raise PeerError(f"no {event!r} from {missing} within {timeout:.0f} s")
+            for p in self.current.values():
+                if p.host not in got:
+                    msg = p.poll(event)
+                    if msg is not None:
+                        got[p.host] = msg
+            if self.now() >= next_sample:
+                for p in self.current.values():
+                    p.sample(self.now())
+                self.loadavg.append(os.getloadavg()[0])
+                next_sample = self.now() + 1.0
+            time.sleep(0.05)
+        return got
 
     def compare(self, boards: dict, syncs: dict, sync_time: float) -> dict:
         import numpy as np
@@ -519,15 +543,17 @@ class Soak:
         rejected: dict[str, int] = {}
         for p in final + left:
             for k in STAT_KEYS:
-                if k != "missing" or p in final:  # still missing at the end
+                if k not in ("missing", "behind") or p in final:  # still missing at the end
                     totals[k] += int(p.stats.get(k, 0))
             for k, v in p.stats.items():
                 if k.startswith("rejected_"):
                     rejected[k] = rejected.get(k, 0) + int(v)
-        # Gaps skipped as unrecoverable by anyone, plus what a final peer still misses after
-        # syncing (a peer that left mid-run naturally had gaps in flight: not counted).
+        # Gaps skipped as unrecoverable by anyone, plus what a final peer still lacks after
+        # syncing: known to exist, not held (a peer that left mid-run naturally had gaps in
+        # flight: not counted).
         unrecovered = (sum(int(p.stats.get("unrecoverable", 0)) for p in final + left)
-                       + sum(int(p.stats.get("missing", 0)) for p in final))
+                       + sum(int(p.stats.get("behind", p.stats.get("missing", 0)))
+                             for p in final))
         drawn: dict[str, int] = {}
         for p in final:
             for k, v in p.drawn.items():
@@ -546,6 +572,7 @@ class Soak:
             "stats_from": f"{len(final)} final peers and {len(left)} that left gracefully "
                           f"(killed peers' counters die with them)",
             "per_peer_stats": {p.label: p.stats for p in final + left},
+            "memory_breakdown": {p.label: p.mem for p in final},
             "painted_pixels": int(np.any(ref != np.array(BACKGROUND, np.uint8), axis=2).sum()),
         }
 
@@ -685,6 +712,15 @@ def render(res: dict) -> str:
                      f"| {m['min_mb']} | {m['avg_mb']} | {m['max_mb']} | {m['last_mb']} "
                      f"| {m['cpu_percent']} |")
     lines += ["", "```", *res["sparklines"], "```", ""]
+    mb = r.get("memory_breakdown") or {}
+    if mb:
+        keys = list(next(iter(mb.values())).keys())
+        lines += ["Where the memory of the final peers goes (engine internals at the end):", "",
+                  "| process | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
+                  "|---" * (len(keys) + 1) + "|"]
+        lines += [f"| {label} | " + " | ".join(str(m.get(k, "")) for k in keys) + " |"
+                  for label, m in sorted(mb.items())]
+        lines.append("")
     if res.get("plot"):
         lines += ["![RSS of every peer over the run](soak-memory.png)", ""]
     lines += ["<details><summary>Fault log</summary>", "", "```"]
@@ -826,6 +862,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(res["sparklines"]))
     print(f"memory (MB, first/max/last): " + ", ".join(
         f"{k} {m['first_mb']}/{m['max_mb']}/{m['last_mb']}" for k, m in sorted(mem.items())))
+    for label, m in sorted(result["memory_breakdown"].items()):
+        print(f"{label} holds: {m}")
     print(f"faults: {soak.fault_counts}")
     print(f"totals: {result['totals']}")
     print(f"rejected: {result['rejected']}")

@@ -10,6 +10,8 @@ It answers one JSON object per line on stdout. Commands, one per line:
     sync TIMEOUT    wait_synced -> sync (synced, digest, peers)
     npy PATH        save the raw pixels (uint8 height x width x 4) with numpy.save -> npy
     stats           -> stats (the board's counters, plus what the scribbler did)
+    mem             -> mem: where the memory goes (repair cache, snapshots kept for
+                    serving, undo log, tables), from the engine's internals
     quit            leave the board (goodbye) and exit -> bye
 
 ``--data-dir DIR`` is passed on to ``open_board(data_dir=...)`` when the API has it
@@ -98,6 +100,28 @@ class Scribbler:
         self.counts["strokes"] += 1
 
 
+def memory_breakdown(e) -> dict:
+    """Sizes of what an engine holds (private attributes: a diagnostic, may drift)."""
+    b = e.board
+    return {
+        "repair_cache_mb": round(e._cache_bytes / 2**20, 1),
+        "repair_cache_datagrams": len(e._cache),
+        "snapshots_kept": len(e._serve),
+        "snapshots_kept_mb": round(sum(len(s.blob) for s in e._serve.values()) / 2**20, 1),
+        "undo_log_entries": len(b._log),
+        "undo_log_pixels": b.live_pixels,
+        "undo_log_mb": round(sum((x.index.nbytes if x.index is not None else 0)
+                                 + (x.rec.rgba.nbytes if hasattr(x.rec, "rgba") else 0)
+                                 for x in b._log.values()) / 2**20, 1),
+        "sources": len(e._sources),
+        "missing": sum(len(s.missing) for s in e._sources.values()),
+        "held_out_of_order": sum(len(s.held) for s in e._sources.values()),
+        "holddowns": len(e._holddown),
+        "peers": len(e._peers),
+        "queued": len(e._repairs) + len(e._data) + len(e._bulk),
+    }
+
+
 async def main(argv=None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--group", required=True)
@@ -149,8 +173,14 @@ async def main(argv=None) -> None:
             elif cmd == "npy":
                 np.save(args[0], np.array(board.pixels))
                 out(event="npy", digest=board.digest())
+            elif cmd == "mem":
+                out(event="mem", mem=memory_breakdown(board.engine))
             elif cmd == "stats":
-                out(event="stats", stats=board.stats,
+                e = board.engine
+                # Datagrams known to exist but not held (NACK-pending or awaiting a snapshot).
+                behind = sum(max(0, src.highest - src.contiguous - len(src.held))
+                             for src in e._sources.values())
+                out(event="stats", stats={**board.stats, "behind": behind},
                     drawn=scribbler.counts if scribbler else {})
         if scribbler is not None:
             scribbler.running = False

@@ -345,7 +345,7 @@ def target_engine(data: bytes) -> None:
 
 def target_store(data: bytes) -> None:
     """store.load on bytes: StoreError or a board that dumps and loads back the same."""
-    for blob in (data, _OUTER_WRAP(data)):
+    for blob in (data, _envelope(data)):
         try:
             board, sources = store.load(blob, W, H)
         except store.StoreError:
@@ -354,7 +354,7 @@ def target_store(data: bytes) -> None:
         assert again.digest() == board.digest() and sources2 == sources
 
 
-def _OUTER_WRAP(raw: bytes) -> bytes:
+def _envelope(raw: bytes) -> bytes:
     """Raw state bytes in the outer envelope, so fuzzing reaches the inner parser."""
     return struct.pack("!4sQ", store.MAGIC, len(raw)) + zlib.compress(raw, 1)
 
@@ -377,7 +377,7 @@ def seeds(target: str) -> list[bytes]:
         out = []
         for blob in snapshot_blobs():
             out.append(blob)
-            out.append(zlib.decompress(blob[12:]))  # the raw state, for _OUTER_WRAP
+            out.append(zlib.decompress(blob[12:]))  # the raw state, for _envelope
         return out
     raise ValueError(f"unknown target {target!r}")
 
@@ -399,7 +399,8 @@ def mutate(data: bytes, rng: random.Random, pool: list[bytes]) -> bytes:
                                                        rng.randrange(1 << 32)]))
         elif op == 3 and len(b) >= 2:
             i = rng.randrange(len(b) - 1)
-            b[i:i + 2] = struct.pack("!H", rng.choice([0, 1, 0x7FFF, 0xFFFF, rng.randrange(1 << 16)]))
+            b[i:i + 2] = struct.pack("!H", rng.choice([0, 1, 0x7FFF, 0xFFFF,
+                                                       rng.randrange(1 << 16)]))
         elif op == 4 and b:
             del b[rng.randrange(len(b)):]
         elif op == 5:
