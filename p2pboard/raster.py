@@ -41,12 +41,36 @@ def _check(points: Sequence[tuple[int, int]]) -> np.ndarray:
 STRIP = 32
 
 
+def _strip_range(x0: int, y0: int, x1: int, y1: int, m: int, w: int, h: int,
+                 n: int) -> range:
+    """The strips ``k`` (of ``n`` along the segment) whose part of the segment can come
+    within ``m`` of the canvas: the segment is clipped to the canvas grown by ``m``
+    (Liang-Barsky), and the range widened by one strip each way, so float rounding can only
+    add strips, never drop one. Off-canvas geometry thus costs nothing (a hostile
+    stroke of 90,000-pixel segments would otherwise be walked 32 pixels at a time)."""
+    lo, hi = 0.0, 1.0
+    dx, dy = x1 - x0, y1 - y0
+    for p, q in ((-dx, x0 + m), (dx, w - 1 + m - x0), (-dy, y0 + m), (dy, h - 1 + m - y0)):
+        if p == 0:
+            if q < 0:
+                return range(0)
+        else:
+            t = q / p
+            if p < 0:
+                lo = max(lo, t)
+            else:
+                hi = min(hi, t)
+    if lo > hi:
+        return range(0)
+    return range(max(0, int(lo * n) - 1), min(n, int(hi * n) + 2))
+
+
 def _boxes(x0: int, y0: int, x1: int, y1: int, r: int, w: int, h: int):
     """Boxes (lo_x, lo_y, hi_x, hi_y; inclusive, on the canvas) that together hold every
     pixel centre within ``r`` of the segment: one per strip along it."""
     n = max(1, (max(abs(x1 - x0), abs(y1 - y0)) + STRIP - 1) // STRIP)
     out = []
-    for k in range(n):
+    for k in _strip_range(x0, y0, x1, y1, r + 2, w, h, n):
         # Strip k covers the part of the segment between t = k/n and (k+1)/n; integer
         # floor/ceil bounds keep the boxes a superset of that part.
         ax, bx = x0 + (x1 - x0) * k // n, x0 - ((x0 - x1) * (k + 1) // n)

@@ -251,6 +251,7 @@ class _SnapFetch:
     total: int = 0
     chunk_size: int = 0
     chunks: dict[int, bytes] = field(default_factory=dict)
+    have: bytearray = field(default_factory=bytearray)  # have[i]: chunk i arrived
     last_chunk: float = 0.0
     nacks: int = 0
 
@@ -338,6 +339,7 @@ class Engine:
         self._quarantine: dict[int, float] = {}  # flooding sender -> refused until
         self._early: dict[int, dict[int, tuple[float, bytes]]] = {}  # repairs held back
         self._early_count = 0
+        self._d = 0.0  # the group's round trip (median of the peers' RTTs), see _nack_delay
         # silence and anti-entropy
         self._last_heard_other = now
         self._silence_wait = t.silence_rejoin
@@ -862,7 +864,7 @@ class Engine:
         p = self._peers.get(h.sender) if repair else self._touch(h, now)
         key = (h.sender, h.seq)
         # Any copy of this datagram on the wire makes repairs of it redundant for a while.
-        self._holddown[key] = now + self.timers.holddown
+        self._holddown[key] = now + self._holddown_time()
         if self._holder_repairs.pop(key, None) is not None:
             self.stats.holder_repairs_cancelled += 1
         src = self._source(h.sender, now)
@@ -1094,7 +1096,7 @@ class Engine:
                     self._send_repair(key, cached, now)
                 else:
                     self._holder_repairs[key] = now + self.rng.uniform(
-                        0, self.timers.holder_repair_max)
+                        0, max(self.timers.holder_repair_max, 2 * self._d))
 
     def _repair_allowed(self, key: tuple[int, int], requester: int, now: float) -> bool:
         """NACK amplification: each datagram is repaired at most ``repairs_per_datagram``
@@ -1121,7 +1123,7 @@ class Engine:
             self.stats.rejected_nack += 1
             return
         self._repairs.append(wire.with_flags(cached, wire.FLAG_REPAIR))
-        self._holddown[key] = now + self.timers.holddown
+        self._holddown[key] = now + self._holddown_time()
         self.stats.repairs_sent += 1
 
     def _on_cursor(self, h, body, data, now) -> None:
@@ -1160,11 +1162,14 @@ class Engine:
     def _on_snap_req(self, h, body, data, now) -> None:
         r = wire.decode_snap_req(body)
         self._touch(h, now)
-        if self.joining or r.target not in (0, self.id):
-            return
+        if self.joining or self._fetch is not None or r.target not in (0, self.id):
+            return  # a peer still fetching state itself must not hand out a partial board
         if len(self._snap_answers) < 64:
-            self._snap_answers[(h.sender, r.req_id)] = now + self.rng.uniform(
-                0, self.timers.snap_answer_max)
+            # Peers holding everything they know of answer first; the others only if none
+            # of those does (their offer would then be cancelled by the first one seen).
+            late = 0.0 if self.missing_count() == 0 else 0.05 + 4 * self._d
+            self._snap_answers[(h.sender, r.req_id)] = now + late + self.rng.uniform(
+                0, max(self.timers.snap_answer_max, 2 * self._d))
 
     def _on_snap_meta(self, h, body, data, now) -> None:
         m = wire.decode_snap_meta(body)
@@ -1174,6 +1179,7 @@ class Engine:
         if f is None or m.target != self.id or m.req_id != f.req_id or f.snap_id:
             return
         f.server, f.snap_id, f.total, f.chunk_size = h.sender, m.snap_id, m.total_len, m.chunk_size
+        f.have = bytearray(m.chunks)  # one byte per chunk: at most 512 KiB (wire limits)
         f.last_chunk = now
 
     def _on_snap_chunk(self, h, body, data, now) -> None:
@@ -1189,6 +1195,7 @@ class Engine:
             self.stats.rejected_snapshot += 1
             return
         f.chunks[c.index] = c.data
+        f.have[c.index] = 1
         f.last_chunk = now
         if len(f.chunks) == nchunks:
             self._finish_fetch(now)
@@ -1225,7 +1232,12 @@ class Engine:
             src = self._sources.get(sid)
             if src is None or sid == self.id:
                 continue
-            if contig > src.contiguous:
+            if not src.anchored:
+                # Seen live while joining, counted from a provisional start: the snapshot
+                # says what is held below. (Left unanchored, _become_synced would take it
+                # for a source in no snapshot and ask for its whole history again.)
+                self._anchor(src, contig)
+            elif contig > src.contiguous:
                 src.contiguous = contig
                 src.held = {s for s in src.held if s > contig}
                 src.maxop = {s: o for s, o in src.maxop.items() if s > contig}
@@ -1250,6 +1262,18 @@ class Engine:
                     src.give_ups = 0
         if was_joining:
             self._events.append(JoinComplete(f.server, len(blob), now - f.started))
+
+    def _anchor(self, src: Source, contig: int) -> None:
+        live = set(src.held)
+        if src.first_seen:
+            live.update(range(src.first_seen, src.contiguous + 1))
+        src.anchored = True
+        src.contiguous = contig
+        src.held = {s for s in live if s > contig}
+        src.maxop = {s: o for s, o in src.maxop.items() if s > contig}
+        src.highest = max(src.highest, contig)
+        for s in [s for s in src.missing if s <= contig]:
+            del src.missing[s]
 
     def _become_synced(self, now: float) -> None:
         if not self.joining:
@@ -1280,6 +1304,13 @@ class Engine:
                 self._events.append(JoinComplete(0, 0, now - f.started))
                 return
             if f.attempts >= 4 * t.join_attempts:
+                if self.joining and any(p.alive and not p.joining for p in self._peers.values()):
+                    # Synced peers are here but slow to answer: keep asking (a peer that
+                    # gave up now would start from a partial board and serve it to others).
+                    f.target = self._best_server()
+                    f.attempts = 1
+                    self._send_snap_req(now)
+                    return
                 self._fetch = None
                 self._become_synced(now)
                 return
@@ -1294,8 +1325,8 @@ class Engine:
             self._start_fetch(now)
             self._fetch.started = f.started
             return
-        nchunks = -(-f.total // f.chunk_size)
-        missing = [i + 1 for i in range(nchunks) if i not in f.chunks]  # 1-based on the wire
+        # The first missing chunks (1-based on the wire), found without listing them all.
+        missing = (np.flatnonzero(np.frombuffer(f.have, np.uint8) == 0)[:4096] + 1).tolist()
         ranges = wire.ranges_of(missing)[:wire.MAX_NACK_RANGES]
         self._control.append(wire.encode_snap_nack(
             self.id, self.seq, self.size,
@@ -1400,10 +1431,34 @@ class Engine:
     def _nack_delay(self) -> float:
         """First NACK delay: truncated exponential on [0, nack_max] (Nonnenmacher and
         Biersack, as in NORM). Few receivers draw short delays, so the first NACK usually
-        goes out alone and suppresses the rest, even with many receivers."""
+        goes out alone and suppresses the rest, even with many receivers. The window is at
+        least the group's round trip (SRM scales its timers with distance the same way):
+        on a loaded machine or a slow network, suppression still has time to work."""
         lam = math.log(max(2, len(self._peers) + 1)) + 1.0
         u = self.rng.random()
-        return self.timers.nack_max / lam * math.log1p(u * math.expm1(lam))
+        window = max(self.timers.nack_max, 3 * self._d)
+        return window / lam * math.log1p(u * math.expm1(lam))
+
+    def _holddown_time(self) -> float:
+        """NACKs for a datagram just sent or seen are ignored this long: at least a round
+        trip, so requests already on their way when the repair left are not answered twice."""
+        return max(self.timers.holddown, self._d)
+
+    def _update_distance(self) -> None:
+        """The group's round trip ``_d``: the median of the peers' measured RTTs (which
+        include how late their event loops run), at most 0.25 s."""
+        rtts = sorted(p.rtt for p in self._peers.values() if p.alive and p.rtt is not None)
+        self._d = min(rtts[len(rtts) // 2], 0.25) if rtts else 0.0
+
+    def _best_server(self) -> int:
+        """The synced peer that holds the most of what we know exists, for a snapshot."""
+        best, best_id = -1, 0
+        for p in self._peers.values():
+            if p.alive and not p.joining:
+                held = sum(p.holds.values()) + p.highest
+                if held > best:
+                    best, best_id = held, p.id
+        return best_id
 
     def _retry_wait(self, attempt: int) -> float:
         t = self.timers
@@ -1481,6 +1536,7 @@ class Engine:
 
     def _expire(self, now: float) -> None:
         self._next_expiry = now + 0.5
+        self._update_distance()
         for p in self._peers.values():
             if p.alive and now - p.last_heard > self.timers.peer_timeout:
                 p.alive = False

@@ -89,6 +89,9 @@ SNAP_NACK_HEAD = struct.Struct("!IIB")  # server snap_id n_ranges
 CURSOR = struct.Struct("!HHB")  # x y flags
 MAX_SNAPSHOT = 256 << 20
 SNAP_CHUNK_SIZE = BODY_BUDGET - SNAP_CHUNK.size
+#: Smallest chunk size an offer may announce (ours are SNAP_CHUNK_SIZE, less the sealed
+#: envelope): a hostile offer of 1-byte chunks would make the joiner track millions.
+MIN_SNAP_CHUNK = 512
 
 FLAG_REPAIR = 0x01  # header flag: a retransmission (by the author or another holder)
 SESSION_PROBE = 0x01  # session flag: "answer with your session message soon"
@@ -673,7 +676,7 @@ def decode_snap_meta(body) -> SnapMeta:
     if len(body) != SNAP_META.size:
         raise DecodeError(f"snapshot offer of {len(body)} bytes")
     m = SnapMeta(*SNAP_META.unpack_from(body))
-    if not 0 < m.total_len <= MAX_SNAPSHOT or not 0 < m.chunk_size <= SNAP_CHUNK_SIZE:
+    if not 0 < m.total_len <= MAX_SNAPSHOT or not MIN_SNAP_CHUNK <= m.chunk_size <= SNAP_CHUNK_SIZE:
         raise DecodeError(f"snapshot of {m.total_len} bytes in chunks of {m.chunk_size}")
     return m
 

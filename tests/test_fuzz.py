@@ -183,11 +183,9 @@ TestEngineUnderAttack.settings = settings(max_examples=60, stateful_step_count=3
 # ---------------------------------------------------------------------------- findings
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: a SNAP_META with chunk_size 1 and total up to 256 MiB (decode_snap_meta "
-    "accepts both) makes the joiner's snapshot timer build a list of every missing chunk "
-    "index: 268 million entries, about a minute of CPU and gigabytes, every 20 ms. The "
-    "req_id it must echo is in the multicast SNAP_REQ, so anyone on the LAN can do it."))
+# Found by atheris: a SNAP_META with 1-byte chunks once made the joiner list 268 million
+# chunk indices every 20 ms. Offers must now use chunks of at least MIN_SNAP_CHUNK bytes,
+# and missing chunks are found with a bounded scan.
 def test_a_hostile_snapshot_offer_cannot_make_the_joiner_list_millions_of_chunks(monkeypatch):
     engine, now = fz.base("joiner")
     meta = wire.encode_snap_meta(fz.A, 0, fz.SIZE, wire.SnapMeta(
@@ -201,23 +199,20 @@ def test_a_hostile_snapshot_offer_cannot_make_the_joiner_list_millions_of_chunks
     assert max(longest, default=0) <= wire.MAX_SNAPSHOT // wire.SNAP_CHUNK_SIZE + 1, longest
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: raster._boxes walks a segment in 32-pixel strips in a Python loop before "
-    "clipping to the canvas, so a STROKE record of 256 i16 points alternating between far "
-    "corners (1058 bytes, entirely off the canvas, passes the MAX_STROKE_AREA check) costs "
-    "about 2 x 255 x 2048 loop turns: tens of seconds of CPU on the receive path of every "
-    "peer, for one datagram"))
+# Found by atheris: a STROKE record far off the canvas once cost tens of seconds, as every
+# 32-pixel strip of its segments was walked; now only strips near the canvas are.
 def test_a_far_off_stroke_costs_no_more_than_the_canvas(monkeypatch):
     from p2pboard import raster
 
     turns = []
-    real = raster._boxes
+    real = raster._strip_range
 
-    def counting(x0, y0, x1, y1, r, w, h):
-        turns.append(max(1, (max(abs(x1 - x0), abs(y1 - y0)) + raster.STRIP - 1) // raster.STRIP))
-        return real(x0, y0, x1, y1, r, w, h)
+    def counting(*args):
+        walked = real(*args)
+        turns.append(len(walked))
+        return walked
 
-    monkeypatch.setattr(raster, "_boxes", counting)
+    monkeypatch.setattr(raster, "_strip_range", counting)
     pts = [(-32768, 32767) if i % 2 else (32767, -32768) for i in range(8)]
     rec = wire.STROKE_REC.pack(wire.REC_STROKE, 1, 1, 0xFF0000FF, 0, wire.STROKE_ABS,
                                len(pts)) + b"".join(struct.pack("!hh", *p) for p in pts)

@@ -72,3 +72,24 @@ def test_points_and_limits():
         raster.stroke_pixels([(0, 0)], raster.MAX_WIDTH + 1, W, H)
     with pytest.raises(ValueError):
         raster.stroke_pixels([(0, 0), (10**9, 0)], 3, W, H)
+
+
+far = st.integers(-raster.LIMIT, raster.LIMIT)
+
+
+@settings(max_examples=300, deadline=None)
+@given(far, far, coord, coord, st.integers(1, 40))
+def test_segments_from_far_off_the_canvas_match_the_reference(x0, y0, x1, y1, width):
+    """Only the strips near the canvas are walked; none with pixels on it may be skipped."""
+    got = raster.segment_pixels((x0, y0), (x1, y1), width, W, H)
+    assert np.array_equal(got, reference((x0, y0), (x1, y1), width))
+
+
+def test_a_hostile_off_canvas_stroke_costs_nothing():
+    """Found by fuzzing: 255 segments of ~90,000 pixels each, all off the canvas, once took
+    tens of seconds; now the work is bounded by what lies near the canvas."""
+    pts = [(32767, -32768), (-32768, 32767)] * 128
+    assert raster.stroke_pixels(pts, 1, 1920, 1080).size == 0
+    work = sum(raster.segment_work(a[0], a[1], b[0], b[1], 1, 1920, 1080)
+               for a, b in zip(pts, pts[1:]))
+    assert work < 255 * 200
