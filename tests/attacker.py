@@ -29,7 +29,9 @@ def main(argv: list[str]) -> None:
     w, h = (int(v) for v in size.split("x"))
     sock, _ = open_multicast_socket(group, port, iface)
     rng = random.Random(7)
-    me = rng.randrange(1, 1 << 32)
+    me = rng.randrange(1, 1 << 32)  # the flood's id
+    asker = rng.randrange(1, 1 << 32)  # another id for the NACKs, so the flood limit of
+    # the first does not silence the second
     recorded: list[bytes] = []
     sent: dict[str, int] = {}
     dest = (group, port)
@@ -63,7 +65,7 @@ def main(argv: list[str]) -> None:
         for d in recorded[-20:]:
             send("replayed", d)
             send("replayed", wire.with_flags(d, wire.FLAG_REPAIR))
-        send("nack", wire.encode_nack(me, 0, (w, h), wire.Nack(victim, 1, ((1, 2048),))))
+        send("nack", wire.encode_nack(asker, 0, (w, h), wire.Nack(victim, 1, ((1, 2048),))))
         burst_end = time.monotonic() + 0.05
         while time.monotonic() < burst_end:  # the flood, under our own id, flat out
             for _ in range(500):
