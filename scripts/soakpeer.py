@@ -135,9 +135,9 @@ async def main(argv=None) -> None:
     kw = {}
     autosave = False
     if a.data_dir and "data_dir" in inspect.signature(p2pboard.open_board).parameters:
-        # TODO(autosave): the lead's autosave adds open_board(data_dir=...); until it lands
-        # a restarted peer starts empty and gets everything from the group.
+        # A restarted peer loads its file (autosave) and merges it with the group's board.
         kw["data_dir"] = a.data_dir
+        kw["autosave"] = True
         autosave = True
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
