@@ -7,7 +7,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 STAMP="$VENV/.p2pboard-stamp"
-EXTRAS="${P2PBOARD_EXTRAS:-ui,test,secure,bench}"
+EXTRAS="${P2PBOARD_EXTRAS:-ui,test,secure,bench,fuzz}"
 
 say() { echo "p2pboard setup: $*" >&2; }
 die() { say "$*"; exit 1; }
