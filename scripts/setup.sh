@@ -64,9 +64,24 @@ if [[ ! -e $VENV ]]; then
     rm -f "$STAMP"
 fi
 
-# Reinstall when the metadata or the extras change (a hash, so a touch alone does not count).
-want="$(sha256sum < "$ROOT/setup.cfg" | cut -c1-16) $EXTRAS"
-if [[ ! -f $STAMP || "$(cat "$STAMP")" != "$want" ]]; then
+# Reinstall when the metadata changes (a hash, so a touch alone does not count) or extras
+# not installed yet are asked for (run.sh asks for fewer than test.sh: no reinstall then).
+hash="$(sha256sum < "$ROOT/setup.cfg" | cut -c1-16)"
+have_hash="" have_extras=""
+[[ -f $STAMP ]] && read -r have_hash have_extras < "$STAMP" || true
+missing=""
+for e in ${EXTRAS//,/ }; do
+    [[ ",$have_extras," == *",$e,"* ]] || missing="$missing $e"
+done
+if [[ $have_hash != "$hash" || -n $missing ]]; then
+    if [[ $have_hash == "$hash" ]]; then  # keep what is installed, add what is missing
+        all=""
+        for e in ${have_extras//,/ } ${EXTRAS//,/ }; do
+            [[ ",$all," == *",$e,"* ]] || all="${all:+$all,}$e"
+        done
+        EXTRAS=$all
+    fi
+    want="$hash $EXTRAS"
     say "installing p2pboard and its dependencies into .venv (first use; a minute or two)"
     log="$(mktemp "${TMPDIR:-/tmp}/p2pboard-pip.XXXXXX")"
     pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@" >>"$log" 2>&1; }
