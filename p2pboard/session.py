@@ -285,7 +285,8 @@ class Engine:
         self.started = now
         self.lamport = 0
         self.opno = 0
-        self.seq = 0  # last data datagram number flushed
+        self.seq = 0  # last data datagram number flushed (into the pacer's queue)
+        self._sent_seq = 0  # last one handed to the network: what control messages announce
         self._events: deque[Event] = deque()
         self._sources: dict[int, Source] = {}
         self._peers: dict[int, Peer] = {}
@@ -365,7 +366,16 @@ class Engine:
             while q:
                 if not self._bucket.try_consume(len(q[0]) + self._overhead, now):
                     break
-                out.append(q.popleft())
+                d = q.popleft()
+                out.append(d)
+                if q is self._data and d[3] == wire.MsgType.DATA:
+                    self._sent_seq = int.from_bytes(d[9:13], "big")
+                    if not q:
+                        # The last queued datagram is out: heartbeats count from now (not
+                        # from when it was queued), so a lost tail is found soon after.
+                        self._hb_index = 0
+                        self._hb_at = now + max(self.timers.heartbeats[0],
+                                                min(1.5 * self._flush_gap, 0.03))
             if q:
                 break
         if self._sealer is not None:
@@ -577,13 +587,14 @@ class Engine:
         return bool(self._redo)
 
     def cursor(self, x: int, y: int, hidden: bool, now: float) -> None:
-        self._control.append(wire.encode_cursor(self.id, self.seq, self.size,
+        self._control.append(wire.encode_cursor(self.id, self._sent_seq, self.size,
                                                 wire.Cursor(x, y, hidden)))
 
     def goodbye(self, now: float) -> None:
-        """Flush what is pending and say goodbye (the caller sends what comes out)."""
+        """Flush what is pending and say goodbye (the caller sends what comes out): the
+        goodbye goes after our last data, and names it."""
         self._flush(now)
-        self._control.append(wire.encode_empty(wire.MsgType.GOODBYE, self.id, self.seq, self.size))
+        self._data.append(wire.encode_empty(wire.MsgType.GOODBYE, self.id, self.seq, self.size))
 
     def _emit(self, rec: Record | StrokePath, now: float) -> None:
         w = self.size[0]
@@ -1078,6 +1089,8 @@ class Engine:
                     m.due = max(m.due, now + self._retry_wait(m.attempt))
                     self.stats.nacks_suppressed += 1
                     continue
+                if n.source == self.id and seq > self._sent_seq:
+                    continue  # still in the pacer's queue: it is on its way
                 cached = self._cache.get(key)
                 if cached is None:
                     if n.source == self.id:
@@ -1139,7 +1152,7 @@ class Engine:
         f.attempts += 1
         # Ask the chosen holder first; if it does not answer, anyone.
         target = f.target if f.attempts <= 2 else 0
-        self._control.append(wire.encode_snap_req(self.id, self.seq, self.size,
+        self._control.append(wire.encode_snap_req(self.id, self._sent_seq, self.size,
                                                    wire.SnapReq(f.req_id, target)))
 
     def _start_fetch(self, now: float, target: int = 0) -> None:
@@ -1329,7 +1342,7 @@ class Engine:
         missing = (np.flatnonzero(np.frombuffer(f.have, np.uint8) == 0)[:4096] + 1).tolist()
         ranges = wire.ranges_of(missing)[:wire.MAX_NACK_RANGES]
         self._control.append(wire.encode_snap_nack(
-            self.id, self.seq, self.size,
+            self.id, self._sent_seq, self.size,
             wire.SnapNack(f.server, f.snap_id, tuple(ranges))))
         f.asked_at = now
         f.nacks += 1
@@ -1356,7 +1369,7 @@ class Engine:
     def _queue_chunk(self, sv: _SnapServe, i: int, target: int) -> None:
         size = self._chunk_size
         self._bulk.append(wire.encode_snap_chunk(
-            self.id, self.seq, self.size,
+            self.id, self._sent_seq, self.size,
             wire.SnapChunk(target, sv.snap_id, i, sv.blob[i * size:(i + 1) * size])))
         self.stats.snapshot_chunks_sent += 1
 
@@ -1377,7 +1390,7 @@ class Engine:
         sv.last_used = now
         self.stats.snapshots_sent += 1
         self._control.append(wire.encode_snap_meta(
-            self.id, self.seq, self.size,
+            self.id, self._sent_seq, self.size,
             wire.SnapMeta(joiner, req_id, sv.snap_id, len(sv.blob), self._chunk_size)))
         nchunks = -(-len(sv.blob) // self._chunk_size)
         if fresh:
@@ -1392,7 +1405,7 @@ class Engine:
         self._now = max(self._now, now)
         self._maybe_flush(now)
         if self._hb_at is not None and now >= self._hb_at:
-            self._control.append(wire.encode_empty(wire.MsgType.HEARTBEAT, self.id, self.seq,
+            self._control.append(wire.encode_empty(wire.MsgType.HEARTBEAT, self.id, self._sent_seq,
                                                    self.size))
             self.stats.heartbeats_sent += 1
             self._hb_index += 1
@@ -1485,7 +1498,7 @@ class Engine:
         ranges = wire.ranges_of(due)
         for i in range(0, len(ranges), wire.MAX_NACK_RANGES):
             nack = wire.Nack(src.id, attempt, tuple(ranges[i:i + wire.MAX_NACK_RANGES]))
-            self._control.append(wire.encode_nack(self.id, self.seq, self.size, nack))
+            self._control.append(wire.encode_nack(self.id, self._sent_seq, self.size, nack))
             self.stats.nacks_sent += 1
 
     def _send_session(self, now: float, probe: bool = False) -> None:
@@ -1511,7 +1524,7 @@ class Engine:
             vector, digest = self._vector(), self._digest64()
         self._session_version = version
         self._control.append(wire.encode_session(
-            self.id, self.seq, self.size,
+            self.id, self._sent_seq, self.size,
             wire.Session(self.config.name, self.config.color, flags, tuple(entries),
                          self._ts(now), vector, digest)))
         self.stats.sessions_sent += 1
