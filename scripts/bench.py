@@ -2,6 +2,7 @@
 """Benchmarks, each run inside a private network namespace it creates itself.
 
     .venv/bin/python scripts/bench.py ui [--peers 8] [--strokes 40] [--write]
+    .venv/bin/python scripts/bench.py compare [--quick] [--write] [--rates ...] [--only ...]
 
 ``ui``: a real p2pboard window (Kivy, under Xvfb) on a 1920x1080 board while N headless
 peer processes draw strokes at mouse rate at the same time. Sampled from the window four
@@ -10,8 +11,16 @@ per-frame work (texture blit of the dirty rectangle, cursors), and the kernel's 
 counter for its socket (/proc/net/udp). At the end every peer and the window must hold
 the same board. ``--write`` puts the result into docs/BENCHMARKS.md (between markers).
 
-The comparison benchmarks of issue #5 (TCP relay, ZeroMQ, raw multicast, the socket
-ceiling, link rates with tbf) are not written yet.
+``compare`` (issue #5, root only): p2pboard side by side with a TCP relay, ZeroMQ
+PUB/SUB, plain multicast and the bare socket, on a simulated switched LAN of network
+namespaces whose links tbf limits to 100 Mbit/s and 1 Gbit/s (and unlimited), on strokes,
+a pasted image (also under kernel loss), a late joiner and idle peers. Progress goes to
+stderr; ``--write`` puts the JSON and plots into docs/bench/ and the tables into
+docs/BENCHMARKS.md; ``--quick`` (under a minute, one rate, small image) is the smoke test
+that tests/test_bench.py runs: it checks that every system ran and converged, not speed.
+``--profile SYSTEM:WORKLOAD:INDEX`` runs that peer under py-spy. How it works and its
+limits: scripts/bench_compare.py (runs), bench_peer.py (one peer), bench_systems.py (the
+competitors), bench_report.py (tables, plots, targets), bench_profile.py (py-spy summary).
 """
 
 from __future__ import annotations
@@ -189,10 +198,17 @@ def compare_main(argv: list[str]) -> int:
     ap.add_argument("--idle-seconds", type=float, default=5.0)
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--profile", default="",
+                    help="run these peers under py-spy: SYSTEM:WORKLOAD:INDEX,... (with "
+                         "--write, their summaries go into docs/BENCHMARKS.md instead of the "
+                         "comparison)")
     ap.add_argument("--write", action="store_true",
                     help="write docs/BENCHMARKS.md, docs/bench/*.json and the plots")
     a = ap.parse_args(argv)
     ensure_lan_netns()
+    if a.profile:
+        os.environ["BENCH_PROFILE"] = a.profile
+        os.environ["BENCH_PROFILE_DIR"] = tempfile.mkdtemp(prefix="p2pbench-prof-")
     ints = lambda s: tuple(int(v) for v in s.split(",") if v)  # noqa: E731
     if a.rates is None:
         a.rates = "1gbit" if a.quick else "100mbit,1gbit,unlimited"
@@ -217,7 +233,19 @@ def compare_main(argv: list[str]) -> int:
                 results=bc.to_json(results))
     if a.json:
         Path(a.json).write_text(json.dumps(data, indent=1))
-    if a.write:
+    if a.write and a.profile:
+        import bench_profile
+
+        text = [f"""## Where p2pboard's receive path spends its time
+
+Command: `{data['command']}` ({data['date']}; {machine()}). py-spy samples the
+named peer process (a receiver) during the run; percentages are of the samples in which it
+was busy."""]
+        for path in bc.PROFILES:
+            if path.exists():
+                text.append(bench_profile.markdown(path, path.stem))
+        write_section("profile", "\n\n".join(text))
+    elif a.write:
         import bench_report
 
         bench_report.write(data, ROOT / "docs")

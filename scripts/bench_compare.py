@@ -16,6 +16,8 @@ moved for a while), and collects the peers' reports. The link counters of every 
 Workloads (sizes configurable, see scripts/bench.py compare --help):
 
 * ``strokes-N``: N peers all drawing mouse-rate strokes (120 points/s, widths 2-20).
+* ``strokes-Nx1``: N peers, one of them drawing: the latency without the CPU of this one
+  machine saturated by N peers rasterising each other's strokes.
 * ``image-R``: one peer pastes a photo-like 1920x1080 image, R receivers.
 * ``image-R-lossP``: the same with P% kernel loss at every receiver.
 * ``latejoin``: a peer joins a board holding that image (p2pboard; the relay replays its
@@ -49,6 +51,7 @@ from tests.netlab import Lan  # noqa: E402
 SYSTEMS = ("p2pboard", "relay", "zmq", "mcast", "socket")
 RELIABLE = ("p2pboard", "relay", "zmq")
 GROUP = "239.255.77.77"
+PROFILES: list[Path] = []  # py-spy outputs written in this run
 BOARD = (1920, 1080)
 
 
@@ -66,6 +69,7 @@ class Workload:
     image: tuple[int, int] = BOARD
     loss: float = 0.0  # percent, at every receiver
     timeout: float = 60.0  # most time to wait for delivery
+    drawers: int | None = None  # strokes: how many of the peers draw (None: all)
 
 
 def plan(quick: bool, stroke_peers=(2, 4, 8, 16), image_receivers=(4, 16),
@@ -83,6 +87,8 @@ def plan(quick: bool, stroke_peers=(2, 4, 8, 16), image_receivers=(4, 16),
         ]
     out = [Workload(f"strokes-{n}", "strokes", n, SYSTEMS[:4], seconds=stroke_seconds,
                     timeout=timeout) for n in stroke_peers]
+    out.append(Workload("strokes-8x1", "strokes", 8, SYSTEMS[:4], seconds=stroke_seconds,
+                        timeout=timeout, drawers=1))
     out += [Workload(f"image-{r}", "image", r + 1, SYSTEMS, image=image, timeout=timeout)
             for r in image_receivers]
     out += [Workload(f"image-{loss_receivers}-loss{p:g}", "image", loss_receivers + 1,
@@ -99,8 +105,19 @@ class Proc:
     def __init__(self, lan: Lan, host: int, cfg: dict, logdir: Path, name: str) -> None:
         self.name = name
         self.err = logdir / f"{name}.err"
-        self.proc = lan.run(host, [sys.executable, str(ROOT / "scripts" / "bench_peer.py"),
-                                   json.dumps(cfg)],
+        argv = [sys.executable, str(ROOT / "scripts" / "bench_peer.py"), json.dumps(cfg)]
+        # BENCH_PROFILE="system:workload:index,...": run those peers under py-spy, writing
+        # collapsed stacks to BENCH_PROFILE_DIR/system-workload-index.txt
+        wanted = os.environ.get("BENCH_PROFILE", "").split(",")
+        key = f"{cfg['system']}:{cfg['workload'].get('name')}:{cfg['index']}"
+        if key in wanted:
+            out = Path(os.environ.get("BENCH_PROFILE_DIR", logdir)) / (
+                key.replace(":", "-") + ".txt")
+            spy = Path(sys.executable).parent / "py-spy"
+            argv = [str(spy) if spy.exists() else "py-spy", "record", "--rate", "250", "--format", "raw", "--nonblocking",
+                    "--output", str(out), "--", *argv]
+            PROFILES.append(out)
+        self.proc = lan.run(host, argv,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=open(self.err, "w"), text=True, bufsize=1, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -200,7 +217,8 @@ def run_system(lan: Lan, wl: Workload, system: str, rate: str, port: int,
     t_run = time.monotonic()
     n = wl.peers
     addrs = [lan.addr(i) for i in range(n)]
-    work = dict(kind=wl.kind, seconds=wl.seconds, image=list(wl.image),
+    work = dict(name=wl.name, kind=wl.kind, seconds=wl.seconds, image=list(wl.image),
+                drawers=wl.drawers,
                 author=0 if wl.kind in ("image", "latejoin") else None)
     base = dict(system=system, group=GROUP, port=port, size=list(BOARD), addrs=addrs,
                 peers=n if wl.kind != "latejoin" else 1, server=lan.addr(n), workload=work)
@@ -252,8 +270,13 @@ def run_system(lan: Lan, wl: Workload, system: str, rate: str, port: int,
             want = [total - o for o in own]
             last_progress, last = time.monotonic(), None
             while True:
-                got = [p.ask("status", "status")["remote"] for p in procs]
+                st = [p.ask("status", "status") for p in procs]
+                got = [x["remote"] for x in st]
                 if all(g >= w for g, w in zip(got, want)):
+                    break
+                if system == "p2pboard" and all(x["synced"] for x in st) and \
+                        len({x["digest"] for x in st}) == 1:
+                    got = want  # the rest came in snapshots
                     break
                 now = time.monotonic()
                 if got != last:
@@ -336,11 +359,15 @@ def measure(res: Result, wl: Workload, system: str, procs, reports, srv, before,
                 if t0 is not None:
                     lats.append(t - t0)
                 last = max(last, t)
-        last_by_receiver.append(last)
+        last_by_receiver.append(max(last, r.get("t_merge") or 0.0))
     if wl.kind == "strokes":
         res.latency_p50_ms = ms(pct(lats, 50))
         res.latency_p99_ms = ms(pct(lats, 99))
         res.sender_cpu_s = round(statistics.mean(r["cpu"] for r in reports), 3)
+        # share of one core each peer used from go until everything was delivered
+        res.extra["cpu_percent_per_peer"] = round(
+            100 * res.sender_cpu_s / (wl.seconds + elapsed), 1)
+        res.extra["drawers"] = wl.drawers or wl.peers
     if wl.kind == "image":
         author = reports[0]
         res.sender_cpu_s = round(author["cpu"], 3)

@@ -79,7 +79,8 @@ class Common:
             self.image = bs.photo(*self.work["image"], seed=self.work.get("seed", 1))
 
     def draws(self) -> bool:
-        return self.work["kind"] == "strokes"
+        drawers = self.work.get("drawers")
+        return self.work["kind"] == "strokes" and (drawers is None or self.i < drawers)
 
     def divergent(self, pixels: np.ndarray) -> int | None:
         """Pixels that differ from the pasted image (image workloads only)."""
@@ -125,7 +126,11 @@ class P2pPeer(Common):
                 await self.go()
                 out(event="drawn", own=self.own())
             elif cmd == "status":
-                out(event="status", remote=self.remote, own=self.own())
+                # records that came in a snapshot (after a gap too large to NACK) never pass
+                # through apply: a synced board's digest tells that it holds them all
+                synced = self.board.engine.synced()
+                out(event="status", remote=self.remote, own=self.own(), synced=synced,
+                    digest=self.board.digest() if synced else None)
             elif cmd == "join":
                 t0 = time.monotonic()
                 self.cpu_go, self.t_go = cpu_seconds(), t0
@@ -141,7 +146,7 @@ class P2pPeer(Common):
                          repair_latencies=list(b.engine.repair_latencies),
                          seen={str(k): sorted(v) for k, v in self.seen.items()},
                          types={str(k): v for k, v in self.types.items()},
-                         divergent=self.divergent(b.pixels), id=b.id)
+                         divergent=self.divergent(b.pixels), id=b.id, t_merge=self.t_merge)
                 out(event="report", **r)
         if self.board is not None:
             await self.board.aclose()
@@ -165,6 +170,14 @@ class P2pPeer(Common):
             return changed
 
         eng.board.apply = timed_apply
+        merge = eng.board.merge
+
+        def timed_merge(other):
+            merge(other)
+            self.t_merge = time.monotonic()
+
+        self.t_merge = 0.0
+        eng.board.merge = timed_merge
         receive, seen, types = eng.receive_datagram, self.seen, self.types
 
         def counted_receive(data, now):
