@@ -187,7 +187,8 @@ def compare_main(argv: list[str]) -> int:
                     help="link rates, comma-separated (tc syntax, or 'unlimited'); "
                          "default 100mbit,1gbit,unlimited (--quick: 1gbit)")
     ap.add_argument("--systems", default=",".join(bc.SYSTEMS))
-    ap.add_argument("--only", default="", help="run only workloads whose name starts so")
+    ap.add_argument("--only", default="", help="run only these workloads (names, "
+                    "comma-separated: strokes-8, image-16, image-16-loss10, latejoin, ...)")
     ap.add_argument("--stroke-peers", default="2,4,8,16")
     ap.add_argument("--stroke-seconds", type=float, default=3.0)
     ap.add_argument("--image-receivers", default="4,16")
@@ -198,6 +199,8 @@ def compare_main(argv: list[str]) -> int:
     ap.add_argument("--idle-seconds", type=float, default=5.0)
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--from-json", help="run nothing: write the docs (--write) from the "
+                    "results an earlier run saved with --json")
     ap.add_argument("--profile", default="",
                     help="run these peers under py-spy: SYSTEM:WORKLOAD:INDEX,... (with "
                          "--write, their summaries go into docs/BENCHMARKS.md instead of the "
@@ -205,6 +208,16 @@ def compare_main(argv: list[str]) -> int:
     ap.add_argument("--write", action="store_true",
                     help="write docs/BENCHMARKS.md, docs/bench/*.json and the plots")
     a = ap.parse_args(argv)
+    if a.from_json:
+        import bench_report
+
+        data = json.loads(Path(a.from_json).read_text())
+        if a.write:
+            bench_report.write(data, ROOT / "docs")
+            write_section("compare", bench_report.markdown(data))
+        for row in bench_report.targets(data):
+            print(" | ".join(row))
+        return 0
     ensure_lan_netns()
     if a.profile:
         os.environ["BENCH_PROFILE"] = a.profile
@@ -219,18 +232,26 @@ def compare_main(argv: list[str]) -> int:
                   stroke_seconds=a.stroke_seconds, idle_seconds=a.idle_seconds,
                   timeout=a.timeout)
     if a.only:
-        wls = [w for w in wls if any(w.name.startswith(o) for o in a.only.split(","))]
+        wls = [w for w in wls if w.name in a.only.split(",")]
     systems = tuple(s for s in a.systems.split(",") if s)
     t0 = time.monotonic()
     loss_rates = [None if r == "unlimited" else r for r in a.loss_rates.split(",")]
-    results = []
+    results: list = []
+
+    def snapshot() -> dict:
+        return dict(command="scripts/bench.py compare " + " ".join(argv), machine=machine(),
+                    date=time.strftime("%Y-%m-%d %H:%M"),
+                    seconds=round(time.monotonic() - t0, 1), results=bc.to_json(results))
+
+    def saved(_result) -> None:  # a partial run is not lost if it is stopped
+        if a.json:
+            Path(a.json).write_text(json.dumps(snapshot(), indent=1))
+
     for rate in rates:
         this = [w for w in wls if not w.loss or a.quick or rate in loss_rates]
-        results += bc.run(this, [rate], systems)
+        bc.run(this, [rate], systems, results, on_result=saved)
     took = time.monotonic() - t0
-    data = dict(command="scripts/bench.py compare " + " ".join(argv), machine=machine(),
-                date=time.strftime("%Y-%m-%d %H:%M"), seconds=round(took, 1),
-                results=bc.to_json(results))
+    data = snapshot()
     if a.json:
         Path(a.json).write_text(json.dumps(data, indent=1))
     if a.write and a.profile:

@@ -126,7 +126,8 @@ class Proc:
 
     def _read(self) -> None:
         for line in self.proc.stdout:
-            self.q.put(line)
+            if line.startswith("{"):  # py-spy, when profiling, talks on the same stdout
+                self.q.put(line)
         self.q.put("")
 
     def send(self, line: str) -> None:
@@ -417,9 +418,11 @@ def measure(res: Result, wl: Workload, system: str, procs, reports, srv, before,
             res.unrecovered = 0 if res.converged else None
 
 
-def run(workloads: list[Workload], rates: list[str | None], systems: tuple[str, ...]
-        ) -> list[Result]:
-    results: list[Result] = []
+def run(workloads: list[Workload], rates: list[str | None], systems: tuple[str, ...],
+        results: list[Result] | None = None, on_result=None) -> list[Result]:
+    """Every system on every workload at every rate, appended to ``results``;
+    ``on_result(result)`` is called after each."""
+    results = [] if results is None else results
     logdir = Path(tempfile.mkdtemp(prefix="p2pbench-logs-"))
     port = 41000 + os.getpid() % 2000
     t0 = time.monotonic()
@@ -440,6 +443,8 @@ def run(workloads: list[Workload], rates: list[str | None], systems: tuple[str, 
                     port += 1
                     r = run_system(lan, wl, system, rname, port, logdir)
                     results.append(r)
+                    if on_result is not None:
+                        on_result(r)
                     progress(f"{time.monotonic() - t0:6.1f} s  {rname} {wl.name} {system}: "
                              f"{summary(r)}")
     return results

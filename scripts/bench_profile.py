@@ -24,10 +24,15 @@ def _name(frame: str) -> str:
     f = m["file"]
     for marker in ("p2pboard/", "scripts/", "site-packages/", "python3.11/"):
         if marker in f:
-            f = f[f.index(marker) + (0 if marker.startswith("p2p") or marker.startswith("scr")
-                                     else len(marker)):]
+            keep = marker.startswith(("p2p", "scr"))
+            f = f[f.index(marker) + (0 if keep else len(marker)):]
             break
     return f"{m['func']} ({f})"
+
+
+#: frames every busy sample shares (the event loop, the peer's main, imports at start):
+#: left out of "total"
+_PLUMBING = ("asyncio/", "<module> (", "main (", "Handle._run", "<frozen importlib")
 
 
 def summarise(path: Path, top: int = 15) -> tuple[int, list, list]:
@@ -47,7 +52,8 @@ def summarise(path: Path, top: int = 15) -> tuple[int, list, list]:
         n += c
         selfs[frames[-1]] += c
         for f in set(frames):
-            totals[f] += c
+            if not any(p in f for p in _PLUMBING):
+                totals[f] += c
     pick = lambda ctr: [(round(100 * v / n, 1), k) for k, v in ctr.most_common(top)]  # noqa: E731
     return n, pick(selfs), pick(totals) if n else []
 

@@ -109,6 +109,7 @@ class RecordBoard:
         self.pixels_painted = 0
         self.malformed = 0
         self.remote = 0  # remote records applied
+        self.own_count = 0  # records we authored
 
     def receive(self, msg: bytes) -> None:
         """One message from another peer: decode, apply, timestamp."""
@@ -161,6 +162,7 @@ class RecordBoard:
                     else:
                         self.pixels_painted += int(frag.index.size)
                 self.times[(self.me, self.seq, idx)] = time.monotonic()
+                self.own_count += 1
             flush()
         return out
 
@@ -180,7 +182,7 @@ class RecordBoard:
         return self._messages(wire.encode_record(rec, self.size[0], height=self.size[1]))
 
     def own(self) -> int:
-        return sum(1 for k in self.times if k[0] == self.me)
+        return self.own_count
 
 
 # ---------------------------------------------------------------------------- plain multicast
