@@ -2,6 +2,7 @@
 """Benchmarks, each run inside a private network namespace it creates itself.
 
     .venv/bin/python scripts/bench.py ui [--peers 8] [--strokes 40] [--write]
+    .venv/bin/python scripts/bench.py compare [--quick] [--write] [--rates ...] [--only ...]
 
 ``ui``: a real p2pboard window (Kivy, under Xvfb) on a 1920x1080 board while N headless
 peer processes draw strokes at mouse rate at the same time. Sampled from the window four
@@ -10,8 +11,16 @@ per-frame work (texture blit of the dirty rectangle, cursors), and the kernel's 
 counter for its socket (/proc/net/udp). At the end every peer and the window must hold
 the same board. ``--write`` puts the result into docs/BENCHMARKS.md (between markers).
 
-The comparison benchmarks of issue #5 (TCP relay, ZeroMQ, raw multicast, the socket
-ceiling, link rates with tbf) are not written yet.
+``compare`` (issue #5, root only): p2pboard side by side with a TCP relay, ZeroMQ
+PUB/SUB, plain multicast and the bare socket, on a simulated switched LAN of network
+namespaces whose links tbf limits to 100 Mbit/s and 1 Gbit/s (and unlimited), on strokes,
+a pasted image (also under kernel loss), a late joiner and idle peers. Progress goes to
+stderr; ``--write`` puts the JSON and plots into docs/bench/ and the tables into
+docs/BENCHMARKS.md; ``--quick`` (under a minute, one rate, small image) is the smoke test
+that tests/test_bench.py runs: it checks that every system ran and converged, not speed.
+``--profile SYSTEM:WORKLOAD:INDEX`` runs that peer under py-spy. How it works and its
+limits: scripts/bench_compare.py (runs), bench_peer.py (one peer), bench_systems.py (the
+competitors), bench_report.py (tables, plots, targets), bench_profile.py (py-spy summary).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def ensure_netns() -> None:
@@ -148,6 +158,127 @@ def bench_ui(peers: int, strokes: int) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def ensure_lan_netns() -> None:
+    """Re-run this script inside a fresh network namespace (multicast on lo) with its own
+    mount namespace and a private /run/netns, so the named namespaces of the simulated LAN
+    never show on the host and die with the run. Needs real root."""
+    if os.environ.get("P2PBOARD_IN_NETNS") == "1":
+        return
+    if os.geteuid() != 0:
+        sys.exit("bench.py compare needs root (named network namespaces, tc, nft)")
+    inner = ("ip link set lo up && ip link set lo multicast on && "
+             "ip route add 224.0.0.0/4 dev lo && mkdir -p /run/netns && "
+             "mount -t tmpfs -o mode=0755 p2pbench-netns /run/netns && "
+             "P2PBOARD_IN_NETNS=1 exec \"$0\" \"$@\"")
+    os.execvp("unshare", ["unshare", "-n", "-m", "--", "bash", "-c", inner, sys.executable,
+                          *sys.argv])
+
+
+def compare_main(argv: list[str]) -> int:
+    """``bench.py compare``: see scripts/bench_compare.py."""
+    import bench_compare as bc
+
+    ap = argparse.ArgumentParser(prog="bench.py compare", description=bc.__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test (under a minute): every system runs and converges")
+    ap.add_argument("--rates", default=None,
+                    help="link rates, comma-separated (tc syntax, or 'unlimited'); "
+                         "default 100mbit,1gbit,unlimited (--quick: 1gbit)")
+    ap.add_argument("--systems", default=",".join(bc.SYSTEMS))
+    ap.add_argument("--only", default="", help="run only these workloads (names, "
+                    "comma-separated: strokes-8, image-16, image-16-loss10, latejoin, ...)")
+    ap.add_argument("--stroke-peers", default="2,4,8,16")
+    ap.add_argument("--stroke-seconds", type=float, default=3.0)
+    ap.add_argument("--image-receivers", default="4,16")
+    ap.add_argument("--loss-receivers", type=int, default=16)
+    ap.add_argument("--losses", default="1,10")
+    ap.add_argument("--loss-rates", default="1gbit",
+                    help="rates at which the loss workloads run (they are the slowest)")
+    ap.add_argument("--idle-seconds", type=float, default=5.0)
+    ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--from-json", help="run nothing: write the docs (--write) from the "
+                    "results an earlier run saved with --json")
+    ap.add_argument("--profile", default="",
+                    help="run these peers under py-spy: SYSTEM:WORKLOAD:INDEX,... (with "
+                         "--write, their summaries go into docs/BENCHMARKS.md instead of the "
+                         "comparison)")
+    ap.add_argument("--write", action="store_true",
+                    help="write docs/BENCHMARKS.md, docs/bench/*.json and the plots")
+    a = ap.parse_args(argv)
+    if a.from_json:
+        import bench_report
+
+        data = json.loads(Path(a.from_json).read_text())
+        if a.write:
+            bench_report.write(data, ROOT / "docs")
+            write_section("compare", bench_report.markdown(data))
+        for row in bench_report.targets(data):
+            print(" | ".join(row))
+        return 0
+    ensure_lan_netns()
+    if a.profile:
+        os.environ["BENCH_PROFILE"] = a.profile
+        os.environ["BENCH_PROFILE_DIR"] = tempfile.mkdtemp(prefix="p2pbench-prof-")
+    ints = lambda s: tuple(int(v) for v in s.split(",") if v)  # noqa: E731
+    if a.rates is None:
+        a.rates = "1gbit" if a.quick else "100mbit,1gbit,unlimited"
+    rates = [None if r == "unlimited" else r for r in a.rates.split(",")]
+    wls = bc.plan(a.quick, stroke_peers=ints(a.stroke_peers), image_receivers=ints(a.image_receivers),
+                  loss_receivers=a.loss_receivers,
+                  losses=tuple(float(v) for v in a.losses.split(",") if v),
+                  stroke_seconds=a.stroke_seconds, idle_seconds=a.idle_seconds,
+                  timeout=a.timeout)
+    if a.only:
+        wls = [w for w in wls if w.name in a.only.split(",")]
+    systems = tuple(s for s in a.systems.split(",") if s)
+    t0 = time.monotonic()
+    loss_rates = [None if r == "unlimited" else r for r in a.loss_rates.split(",")]
+    results: list = []
+
+    def snapshot() -> dict:
+        return dict(command="scripts/bench.py compare " + " ".join(argv), machine=machine(),
+                    date=time.strftime("%Y-%m-%d %H:%M"),
+                    seconds=round(time.monotonic() - t0, 1), results=bc.to_json(results))
+
+    def saved(_result) -> None:  # a partial run is not lost if it is stopped
+        if a.json:
+            Path(a.json).write_text(json.dumps(snapshot(), indent=1))
+
+    for rate in rates:
+        this = [w for w in wls if not w.loss or a.quick or rate in loss_rates]
+        bc.run(this, [rate], systems, results, on_result=saved)
+    took = time.monotonic() - t0
+    data = snapshot()
+    if a.json:
+        Path(a.json).write_text(json.dumps(data, indent=1))
+    if a.write and a.profile:
+        import bench_profile
+
+        text = [f"""## Where p2pboard's receive path spends its time
+
+Command: `{data['command']}` ({data['date']}; {machine()}). py-spy samples the
+named peer process (a receiver) during the run; percentages are of the samples in which it
+was busy."""]
+        for path in bc.PROFILES:
+            if path.exists():
+                text.append(bench_profile.markdown(path, path.stem))
+        write_section("profile", "\n\n".join(text))
+    elif a.write:
+        import bench_report
+
+        bench_report.write(data, ROOT / "docs")
+        write_section("compare", bench_report.markdown(data))
+    bad = [r for r in results if not r.ran or (r.expect_converge and not r.converged)]
+    ran = {r.system for r in results if r.ran}
+    progress(f"done in {took:.0f} s: {len(results)} runs, systems that ran: "
+             f"{', '.join(sorted(ran))}; {len(bad)} failed or did not converge")
+    for r in bad:
+        progress(f"  {r.rate} {r.workload} {r.system}: {bc.summary(r)}")
+    missing = set(systems) - ran
+    return 1 if bad or missing else 0
+
+
 def write_section(name: str, text: str) -> None:
     path = ROOT / "docs" / "BENCHMARKS.md"
     doc = path.read_text() if path.exists() else "# Benchmarks\n"
@@ -160,13 +291,16 @@ def write_section(name: str, text: str) -> None:
     path.write_text(doc)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "compare":
+        return compare_main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("workload", choices=["ui"])
+    ap.add_argument("workload", choices=["ui", "compare"])
     ap.add_argument("--peers", type=int, default=8)
     ap.add_argument("--strokes", type=int, default=40)
     ap.add_argument("--write", action="store_true", help="write docs/BENCHMARKS.md")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     ensure_netns()
     r = bench_ui(a.peers, a.strokes)
     print(json.dumps(r, indent=2))
@@ -189,7 +323,8 @@ host drawing {a.strokes} strokes each at mouse rate (120 points/s, widths 2 to 2
 | gaps the window had to repair | {r['window_gaps']} |
 | window and every peer identical at the end | {r['converged']} |
 """)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
