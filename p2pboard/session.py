@@ -839,7 +839,11 @@ class Engine:
             src.highest = highest
             return
         lo = max(src.highest + 1, src.contiguous + 1)
-        if highest - src.contiguous > self.timers.snapshot_gap:
+        if len(src.missing) + highest - lo + 1 > self.timers.snapshot_gap:
+            # Too many datagrams missing to ask for one by one: a snapshot. (Counted, not
+            # measured from contiguous: during a paste with loss, the span above the first
+            # gap grows fast while little of it is missing, and snapshots for all would be
+            # a storm of their own.)
             src.highest = highest
             self._give_up(src, highest - lo + 1, now)
             return

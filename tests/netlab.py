@@ -92,6 +92,10 @@ class Lan:
                 sh("ip", "link", "set", veth, "netns", host)
                 sh("ip", "link", "set", peer, "master", self.bridge, "up")
                 self.exec(i, "ip", "link", "set", "lo", "up")
+                # IPv4 only: no IPv6 router solicitations or MLD reports on the links, so
+                # what the links carry is what the programs under test send.
+                self.exec(i, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+                self.exec(i, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
                 self.exec(i, "ip", "addr", "add", f"{self.addr(i)}/24", "dev", veth)
                 self.exec(i, "ip", "link", "set", veth, "up")
                 self.exec(i, "ip", "route", "add", "224.0.0.0/4", "dev", veth)
