@@ -809,8 +809,8 @@ def main(argv: list[str] | None = None) -> int:
     a, plan = parse(argv)
     try:
         ensure_private_netns(argv)
-        from tests.netns import Lan, _probe_lan
-        problem = _probe_lan()
+        from tests.netlab import Lan, lan_problem
+        problem = lan_problem()
         if problem:
             raise SetupError(problem)
     except SetupError as err:
