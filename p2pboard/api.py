@@ -163,6 +163,8 @@ class Board:
         if self.autosaver is not None:
             d["autosave_saves"] = self.autosaver.saves
             d["autosave_failures"] = self.autosaver.failures
+            # 1 while the file lags behind the board (changes not written yet)
+            d["autosave_pending"] = int(self.autosaver.dirty or self.autosaver.busy)
         if self.edge is not None:
             from .net.sockets import socket_drops
 

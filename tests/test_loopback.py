@@ -176,10 +176,8 @@ def test_a_killed_peer_restarts_from_its_file_and_merges_with_what_others_drew(p
     assert not a.restored
     a.send("draw 31 5")  # alone
     a.expect("drawn", 60)
-    wait_for(lambda: a.stats().get("autosave_saves", 0) >= 1
-             and a.sync(5)["digest"] == a.sync(5)["digest"], 20, "saved")
-    time.sleep(1.5)  # let the last change reach the file (saves come every second)
     alone = a.sync(5)["digest"]
+    wait_for(lambda: a.stats()["autosave_pending"] == 0, 20, "saved")  # the file caught up
     a.send(f"png {tmp_path / 'alone.png'}")
     a.expect("png", 30)
     a.kill()
