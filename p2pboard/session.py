@@ -516,13 +516,6 @@ class Engine:
         self._emit(Paint(self.id, opno, lamport, tuple(color), index), now)
         return opno
 
-    def extend(self, opno: int, index: np.ndarray, color: Color, now: float) -> None:
-        """More pixels for an operation already begun (a stroke being drawn)."""
-        lamport = self._op_lamport.get(opno)
-        if lamport is None:
-            raise ValueError(f"operation {opno} was not begun here or has ended")
-        self._emit(Paint(self.id, opno, lamport, tuple(color), index), now)
-
     def stroke(self, points, width: int, color: Color, now: float) -> int:
         """A new operation: a polyline with a round brush, sent as geometry."""
         opno, lamport = self._next_op()
@@ -540,7 +533,7 @@ class Engine:
                               np.asarray(points, dtype=np.int64).reshape(-1, 2)), now)
 
     def begin(self, now: float) -> int:
-        """Start an operation whose pixels come later through :meth:`extend`."""
+        """Start an operation whose segments come later through :meth:`extend_stroke`."""
         opno, lamport = self._next_op()
         self._push_undo(opno)
         self._op_lamport = {opno: lamport}  # only the latest begun operation can grow
