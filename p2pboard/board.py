@@ -258,9 +258,13 @@ class Board:
             if int(ix[0]) < 0 or int(ix[-1]) >= self._n:
                 return None
             ix32 = ix.astype(np.int32)
-            ys = ix32 // w
-            xs = ix32 - ys * w
-            box = (int(xs.min()), int(ys[0]), int(xs.max()) + 1, int(ys[-1]) + 1)
+            y0, y1 = int(ix[0]) // w, int(ix[-1]) // w
+            if y0 == y1:
+                x0, x1 = int(ix[0]) - y0 * w, int(ix[-1]) - y0 * w
+            else:
+                xs = ix32 % w
+                x0, x1 = int(xs.min()), int(xs.max())
+            box = (x0, y0, x1 + 1, y1 + 1)
             # The log keeps one copy of the pixels (int32: half the record's int64).
             rec = Paint(rec.author, rec.opno, rec.lamport, rec.color, ix32)
             return Entry(key, rec, ix32, box, int(ix.size))

@@ -3,12 +3,16 @@
 A stroke is a polyline drawn with a round brush of integer ``width``: a pixel belongs to it
 when its centre lies within ``width / 2`` of one of the segments (of the point itself for a
 one-point stroke). The test is done in exact integer arithmetic on integer coordinates:
-with segment ``A -> B``, ``d = B - A`` and pixel ``P``, the squared distance is
-``|P - A|^2 - (P-A).d^2 / |d|^2`` inside the segment and the distance to the nearer end
-outside it; multiplying through by ``4 |d|^2`` leaves only int64 products, so no peer,
-platform or NumPy version can round differently. Work is vectorised over boxes that follow
-the segment in strips of :data:`STRIP` pixels, clipped to the canvas first, so a long
-diagonal costs about its own area and a far-off point costs nothing.
+with segment ``A -> B``, ``d = B - A`` and pixel ``P``, ``p = P - A``, the squared distance
+is ``(p x d)^2 / |d|^2`` beside the segment (``0 < p.d < |d|^2``) and the distance to the
+nearer end elsewhere; multiplying through by ``4 |d|^2`` leaves only int64 products, so no
+peer, platform or NumPy version can round differently. Work is vectorised over boxes that
+follow the segment in strips of :data:`STRIP` pixels, clipped to the canvas first, so a
+long diagonal costs about its own area and a far-off point costs nothing. A box's rows and
+columns are broadcast against each other, so a mouse-rate segment (one box) costs about a
+dozen NumPy operations; the boxes of a polyline are OR-ed into one mask of its bounding
+box, which yields the pixels sorted and unique without a sort. :class:`Plan` counts the
+work before doing any, so a receiver refuses a hostile record for its cost, unpaid.
 
 Only the author rasterises (peers receive the resulting pixels), but a single routine keeps
 the local preview, the API and the UI's straight-line tool identical.
@@ -68,13 +72,20 @@ def _strip_range(x0: int, y0: int, x1: int, y1: int, m: int, w: int, h: int,
 def _boxes(x0: int, y0: int, x1: int, y1: int, r: int, w: int, h: int):
     """Boxes (lo_x, lo_y, hi_x, hi_y; inclusive, on the canvas) that together hold every
     pixel centre within ``r`` of the segment: one per strip along it."""
-    n = max(1, (max(abs(x1 - x0), abs(y1 - y0)) + STRIP - 1) // STRIP)
+    dx, dy = x1 - x0, y1 - y0
+    if (0 <= min(x0, x1) - r - 1 and max(x0, x1) + r + 1 < w
+            and 0 <= min(y0, y1) - r - 1 and max(y0, y1) + r + 1 < h
+            and max(abs(dx), abs(dy)) <= STRIP):
+        # The common case (a mouse-rate segment on the canvas): one strip, nothing clipped.
+        return [(min(x0, x1) - r - 1, min(y0, y1) - r - 1,
+                 max(x0, x1) + r + 1, max(y0, y1) + r + 1)]
+    n = max(1, (max(abs(dx), abs(dy)) + STRIP - 1) // STRIP)
     out = []
     for k in _strip_range(x0, y0, x1, y1, r + 2, w, h, n):
         # Strip k covers the part of the segment between t = k/n and (k+1)/n; integer
         # floor/ceil bounds keep the boxes a superset of that part.
-        ax, bx = x0 + (x1 - x0) * k // n, x0 - ((x0 - x1) * (k + 1) // n)
-        ay, by = y0 + (y1 - y0) * k // n, y0 - ((y0 - y1) * (k + 1) // n)
+        ax, bx = x0 + dx * k // n, x0 - ((x0 - x1) * (k + 1) // n)
+        ay, by = y0 + dy * k // n, y0 - ((y0 - y1) * (k + 1) // n)
         lo_x, hi_x = max(min(ax, bx) - r - 1, 0), min(max(ax, bx) + r + 1, w - 1)
         lo_y, hi_y = max(min(ay, by) - r - 1, 0), min(max(ay, by) + r + 1, h - 1)
         if lo_x <= hi_x and lo_y <= hi_y:
@@ -82,57 +93,107 @@ def _boxes(x0: int, y0: int, x1: int, y1: int, r: int, w: int, h: int):
     return out
 
 
+class Plan:
+    """The boxes a polyline's rasterising will test, planned before any of it is done:
+    ``work`` (pixel centres to test) lets a receiver refuse a hostile record for its cost
+    without paying it."""
+
+    __slots__ = ("width", "w", "h", "parts", "work")
+
+    def __init__(self, points: np.ndarray | list, width: int, w: int, h: int) -> None:
+        """``points``: an (n, 2) integer array or a list of (x, y) pairs, within LIMIT."""
+        self.width, self.w, self.h = int(width), w, h
+        r = (self.width + 1) // 2
+        pts = points.tolist() if isinstance(points, np.ndarray) else points
+        pairs = zip(pts[:-1], pts[1:]) if len(pts) > 1 else [(pts[0], pts[0])] if pts else []
+        self.parts = []  # (x0, y0, x1, y1, box)
+        work = 0
+        for (x0, y0), (x1, y1) in pairs:
+            for box in _boxes(x0, y0, x1, y1, r, w, h):
+                self.parts.append((x0, y0, x1, y1, box))
+                work += (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
+        self.work = work
+
+    def pixels(self) -> np.ndarray:
+        """Flat indices (sorted, unique) of the polyline."""
+        parts, w = self.parts, self.w
+        if not parts:
+            return _EMPTY
+        if len(parts) == 1:
+            x0, y0, x1, y1, (a, b, c, d) = parts[0]
+            inside = _inside(x0, y0, x1, y1, self.width, a, b, c, d)
+            flat = np.arange(b, d + 1, dtype=np.int64)[:, None] * w + np.arange(a, c + 1)
+            return flat[inside]
+        lo_x = min(p[4][0] for p in parts)
+        lo_y = min(p[4][1] for p in parts)
+        hi_x = max(p[4][2] for p in parts)
+        hi_y = max(p[4][3] for p in parts)
+        bw, bh = hi_x - lo_x + 1, hi_y - lo_y + 1
+        if bw * bh <= 8 * self.work + 4096:
+            # Boxes of one stroke overlap: OR them into a mask of the stroke's bounding box,
+            # whose set cells come out sorted and unique.
+            mask = np.zeros((bh, bw), dtype=bool)
+            for x0, y0, x1, y1, (a, b, c, d) in parts:
+                mask[b - lo_y:d - lo_y + 1, a - lo_x:c - lo_x + 1] |= _inside(
+                    x0, y0, x1, y1, self.width, a, b, c, d)
+            ys, xs = np.nonzero(mask)
+            return (ys + lo_y).astype(np.int64) * w + (xs + lo_x)
+        # Far-apart boxes (a spread-out polyline): lists of pixels, merged.
+        out = []
+        for x0, y0, x1, y1, (a, b, c, d) in parts:
+            inside = _inside(x0, y0, x1, y1, self.width, a, b, c, d)
+            flat = np.arange(b, d + 1, dtype=np.int64)[:, None] * w + np.arange(a, c + 1)
+            out.append(flat[inside])
+        return np.unique(np.concatenate(out))
+
+
+def _inside(x0: int, y0: int, x1: int, y1: int, width: int, a: int, b: int, c: int,
+            d: int) -> np.ndarray:
+    """Which pixel centres of the box ``a..c`` x ``b..d`` lie within ``width / 2`` of the
+    segment: a (rows, columns) bool array. Rows and columns are broadcast, so only a dozen
+    operations touch the whole box. The distance to the segment's line is tested through
+    the cross product (``|p x d|^2 = |p|^2 |d|^2 - (p.d)^2``), which for pixels near the
+    segment stays far below 2^63."""
+    px = np.arange(a - x0, c - x0 + 1, dtype=np.int64)
+    py = np.arange(b - y0, d - y0 + 1, dtype=np.int64)[:, None]
+    lim = width * width // 4  # 4 q <= width^2  <=>  q <= floor(width^2 / 4), q an integer
+    inside = (px * px + py * py) <= lim  # near the start
+    dx, dy = x1 - x0, y1 - y0
+    if dx or dy:
+        qx, qy = px - dx, py - dy
+        inside |= (qx * qx + qy * qy) <= lim  # near the end
+        dd = dx * dx + dy * dy
+        dot = px * dx + py * dy
+        cross = px * dy - py * dx
+        mid = (cross * cross) <= width * width * dd // 4  # near the line ...
+        mid &= dot > 0  # ... beside the segment
+        mid &= dot < dd
+        inside |= mid
+    return inside
+
+
 def segment_work(x0: int, y0: int, x1: int, y1: int, width: int, w: int, h: int) -> int:
-    """Pixel centres :func:`_segment` will test for this segment (its cost)."""
+    """Pixel centres the rasteriser tests for this segment (its cost)."""
     r = (width + 1) // 2
     return sum((c - a + 1) * (d - b + 1) for a, b, c, d in _boxes(x0, y0, x1, y1, r, w, h))
 
 
-def _segment(x0: int, y0: int, x1: int, y1: int, width: int, w: int, h: int) -> np.ndarray:
-    r = (width + 1) // 2
-    boxes = _boxes(x0, y0, x1, y1, r, w, h)
-    if not boxes:
-        return _EMPTY
-    grids = [np.mgrid[b:d + 1, a:c + 1] for a, b, c, d in boxes]
-    ys = np.concatenate([g[0].ravel() for g in grids]).astype(np.int64)
-    xs = np.concatenate([g[1].ravel() for g in grids]).astype(np.int64)
-    px, py = xs - x0, ys - y0
-    dx, dy = x1 - x0, y1 - y0
-    dd = dx * dx + dy * dy
-    pp = px * px + py * py
-    w2 = width * width
-    if dd == 0:
-        inside = 4 * pp <= w2
-    else:
-        dot = px * dx + py * dy
-        qx, qy = xs - x1, ys - y1
-        to_end = 4 * (qx * qx + qy * qy) <= w2
-        to_start = 4 * pp <= w2
-        to_line = 4 * (pp * dd - dot * dot) <= w2 * dd
-        inside = np.where(dot <= 0, to_start, np.where(dot >= dd, to_end, to_line))
-    return (ys[inside] * w + xs[inside]).astype(np.int64)
+def plan(points, width: int, w: int, h: int) -> Plan:
+    """Plan a polyline (validated) for rasterising: see :class:`Plan`."""
+    _check_width(width)
+    return Plan(_check(points), int(width), w, h)
 
 
 def segment_pixels(p0: tuple[int, int], p1: tuple[int, int], width: int, w: int,
                    h: int) -> np.ndarray:
     """Flat indices (sorted, unique) of one segment drawn with a round brush."""
-    (x0, y0), (x1, y1) = _check([p0, p1]).tolist()
-    _check_width(width)
-    return np.unique(_segment(x0, y0, x1, y1, int(width), w, h))
+    return plan([p0, p1], width, w, h).pixels()
 
 
 def stroke_pixels(points: Iterable[tuple[int, int]], width: int, w: int, h: int) -> np.ndarray:
     """Flat indices (sorted, unique) of a polyline drawn with a round brush of ``width``."""
-    pts = _check(list(points))
-    _check_width(width)
-    if len(pts) == 0:
-        return _EMPTY
-    if len(pts) == 1:
-        x, y = pts[0].tolist()
-        return np.unique(_segment(x, y, x, y, int(width), w, h))
-    parts = [_segment(a[0], a[1], b[0], b[1], int(width), w, h)
-             for a, b in zip(pts[:-1].tolist(), pts[1:].tolist())]
-    return np.unique(np.concatenate(parts))
+    pts = points if isinstance(points, np.ndarray) else list(points)
+    return plan(pts, width, w, h).pixels()
 
 
 def points_pixels(points: Iterable[tuple[int, int]], w: int, h: int) -> np.ndarray:

@@ -50,6 +50,7 @@ PAINT_REC = struct.Struct("!BIIIBHHHHH")  # kind lamport opno rgba enc x0 y0 w h
 IMAGE_REC = struct.Struct("!BIIHHHHBH")  # kind lamport opno x y w h enc len
 CLEAR_REC = struct.Struct("!BII")  # kind lamport opno
 TOGGLE_REC = struct.Struct("!BIIB")  # kind opno target visible
+_XY = struct.Struct(">hh")
 STROKE_REC = struct.Struct("!BIIIBBH")  # kind lamport opno rgba width-1 enc n_points
 STROKE_ABS = 0  # points as i16 (x, y) pairs
 STROKE_DELTA = 1  # first point i16 (x, y), then i8 (dx, dy) steps
@@ -399,11 +400,8 @@ def encode_toggle(t: Toggle) -> bytes:
 
 
 def stroke_area(points: np.ndarray, brush: int, width: int, height: int) -> int:
-    """The rasterising work of a polyline: pixel centres tested (see raster.segment_work)."""
-    pts = np.asarray(points).reshape(-1, 2).tolist()
-    pairs = list(zip(pts[:-1], pts[1:])) if len(pts) > 1 else [(pts[0], pts[0])]
-    return sum(raster.segment_work(a[0], a[1], b[0], b[1], brush, width, height)
-               for a, b in pairs)
+    """The rasterising work of a polyline: pixel centres tested (see raster.Plan)."""
+    return raster.plan(np.asarray(points).reshape(-1, 2), brush, width, height).work
 
 
 def _stroke_piece(s: StrokePath, pts: np.ndarray, width: int, height: int) -> bytes | None:
@@ -432,15 +430,15 @@ def encode_stroke(s: StrokePath, width: int, height: int,
     while i < len(pts):
         j = min(len(pts), i + per)
         piece = pts[i:j]
-        while len(piece) > 1 and stroke_area(piece, s.width, width, height) > MAX_STROKE_AREA:
+        plan = raster.plan(piece, s.width, width, height)
+        while len(piece) > 2 and plan.work > MAX_STROKE_AREA:
             piece = piece[:max(2, len(piece) // 2)]
-            if len(piece) == 2:
-                break
+            plan = raster.plan(piece, s.width, width, height)
         j = i + len(piece)
-        index = raster.stroke_pixels(piece.tolist(), s.width, width, height)
+        index = plan.pixels()
         paint = Paint(s.author, s.opno, s.lamport, s.color, index)
         data = None
-        if stroke_area(piece, s.width, width, height) <= MAX_STROKE_AREA:
+        if plan.work <= MAX_STROKE_AREA:
             data = _stroke_piece(s, piece, width, height)
         if data is not None and len(data) <= budget:
             if index.size:
@@ -453,7 +451,8 @@ def encode_stroke(s: StrokePath, width: int, height: int,
     return out
 
 
-def _decode_stroke(body: memoryview, pos: int, author: int, width: int, height: int):
+def _decode_stroke(body: memoryview, pos: int, author: int, width: int, height: int,
+                   plan_only: bool = False):
     _, lamport, opno, rgba, w1, enc, n = STROKE_REC.unpack_from(body, pos)
     pos += STROKE_REC.size
     if not 1 <= n <= MAX_STROKE_POINTS:
@@ -462,33 +461,42 @@ def _decode_stroke(body: memoryview, pos: int, author: int, width: int, height: 
         need = 4 + 2 * (n - 1)
         if len(body) - pos < need:
             raise DecodeError(f"stroke needs {need} bytes, {len(body) - pos} left")
-        first = np.frombuffer(body[pos:pos + 4], dtype=">i2").astype(np.int64)
-        steps = np.frombuffer(body[pos + 4:pos + need], dtype="i1").astype(np.int64)
-        pts = np.concatenate([first.reshape(1, 2),
-                              first + np.cumsum(steps.reshape(-1, 2), axis=0)])
+        x, y = _XY.unpack_from(body, pos)
+        if n <= 16:  # mouse-rate pieces: a few points, cheaper as Python ints
+            pts = [(x, y)]
+            steps = body[pos + 4:pos + need].cast("b")
+            for i in range(0, 2 * (n - 1), 2):
+                x += steps[i]
+                y += steps[i + 1]
+                pts.append((x, y))
+        else:
+            steps = np.frombuffer(body[pos + 4:pos + need], dtype="i1").astype(np.int64)
+            pts = np.concatenate([np.array([[x, y]], dtype=np.int64),
+                                  (x, y) + np.cumsum(steps.reshape(-1, 2), axis=0)]).tolist()
     elif enc == STROKE_ABS:
         need = 4 * n
         if len(body) - pos < need:
             raise DecodeError(f"stroke needs {need} bytes, {len(body) - pos} left")
-        pts = np.frombuffer(body[pos:pos + need], dtype=">i2").astype(np.int64).reshape(n, 2)
+        pts = np.frombuffer(body[pos:pos + need], dtype=">i2").reshape(n, 2).tolist()
     else:
         raise DecodeError(f"unknown stroke encoding {enc}")
     pos += need
-    brush = w1 + 1
-    work = stroke_area(pts, brush, width, height)
-    if work > MAX_STROKE_AREA:
+    plan = raster.Plan(pts, w1 + 1, width, height)
+    if plan.work > MAX_STROKE_AREA:
         raise DecodeError("stroke covers more canvas than one record may")
-    index = raster.stroke_pixels(pts.tolist(), brush, width, height)
-    if index.size == 0:
-        raise DecodeError("stroke entirely off the canvas")
-    return Paint(author, opno, lamport, _u32_rgba(rgba), index), pos, work
+    if not plan_only:
+        index = plan.pixels()
+        if index.size == 0:
+            raise DecodeError("stroke entirely off the canvas")
+        return Paint(author, opno, lamport, _u32_rgba(rgba), index), pos, plan.work
+    return None, pos, plan.work
 
 
 def piece_work(piece: bytes, width: int, height: int) -> int:
     """Rasterising work a receiver spends on one encoded record (0 unless a STROKE)."""
     if not piece or piece[0] != REC_STROKE:
         return 0
-    return _decode_stroke(memoryview(piece), 0, 0, width, height)[2]
+    return _decode_stroke(memoryview(piece), 0, 0, width, height, plan_only=True)[2]
 
 
 def encode_record(rec: Record | StrokePath, width: int, budget: int = BODY_BUDGET,

@@ -93,3 +93,42 @@ def test_a_hostile_off_canvas_stroke_costs_nothing():
     work = sum(raster.segment_work(a[0], a[1], b[0], b[1], 1, 1920, 1080)
                for a, b in zip(pts, pts[1:]))
     assert work < 255 * 200
+
+
+def test_a_canvas_crossing_segment_from_the_coordinate_limits_is_exact():
+    """Endpoints at +-2^15 on a 1920x1080 canvas, where |p|^2 |d|^2 is beyond 2^63: the
+    int64 distance test must still be exact. Checked with Python integers on every pixel
+    within 12 of the diagonal."""
+    w, h, width = 1920, 1080, 7
+    (x0, y0), (x1, y1) = (-32768, -32768), (32767, 32767)
+    got = set(raster.stroke_pixels([(x0, y0), (x1, y1)], width, w, h).tolist())
+    dx, dy = x1 - x0, y1 - y0
+    dd = dx * dx + dy * dy
+    want = set()
+    for y in range(h):
+        for x in range(max(0, y - 12), min(w, y + 13)):
+            px, py = x - x0, y - y0
+            dot = px * dx + py * dy
+            if 0 < dot < dd:
+                near = 4 * (px * dy - py * dx) ** 2 <= width * width * dd
+            else:
+                near = False
+            if near:
+                want.add(y * w + x)
+    assert got == want
+    assert len(got) > 1080 * 5
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(-50, 650), st.integers(-50, 450)), min_size=1,
+                max_size=12), st.integers(1, 30))
+def test_a_polyline_is_the_union_of_its_segments(points, width):
+    """Whichever way the boxes are combined (one box, a mask of the bounding box, or lists
+    merged for spread-out points), a polyline is exactly the union of its segments."""
+    w, h = 600, 400
+    got = raster.stroke_pixels(points, width, w, h)
+    pairs = list(zip(points[:-1], points[1:])) or [(points[0], points[0])]
+    want = np.unique(np.concatenate([raster.segment_pixels(a, b, width, w, h)
+                                     for a, b in pairs]))
+    assert np.array_equal(got, want)
+    assert got.dtype == np.int64
