@@ -198,6 +198,9 @@ class Peer:
     lost: int = 0  # of its datagrams found missing here
     alive: bool = True
     rtt: float | None = None  # smoothed round trip time, from the echoes in SESSION
+    #: the latest round-trip samples (about one a second); their minimum is the distance
+    #: without the queueing of a busy moment
+    rtt_samples: deque = field(default_factory=lambda: deque(maxlen=RTT_SAMPLES))
     last_ts: int = 0  # ``ts`` of its last SESSION, echoed back in ours
     ts_heard: float = 0.0  # when we heard that SESSION
 
@@ -644,6 +647,14 @@ class Engine:
 
     # ------------------------------------------------------------------ input
 
+    def urgent(self, data: bytes) -> bool:
+        """Should this datagram be handled before others already waiting? Repairs and NACKs:
+        a glance at the header, nothing checked (a wrong answer only changes the order; on
+        a passphrase board the header is sealed and everything keeps its order)."""
+        return (self._opener is None and len(data) > 4 and data[:2] == wire.MAGIC
+                and (data[3] == wire.MsgType.NACK
+                     or (data[3] == wire.MsgType.DATA and bool(data[4] & wire.FLAG_REPAIR))))
+
     def receive_datagram(self, data: bytes, addr: tuple | None, now: float) -> None:
         """One datagram from the network, sent from ``addr`` ((host, port), or None when
         unknown). Never raises on bad input: counts and drops."""
@@ -1035,6 +1046,7 @@ class Engine:
                 rtt = ((self._ts(now) - e.echo - e.held) & 0xFFFFFFFF) * wire.TS_UNIT
                 if rtt < 10.0:
                     p.rtt = rtt if p.rtt is None else p.rtt + (rtt - p.rtt) / 4
+                    p.rtt_samples.append(rtt)
                 break
         if (s.digest and s.vector and not p.joining and not self.joining
                 and self._fetch is None and self.board.version == self._session_version
@@ -1259,10 +1271,16 @@ class Engine:
         was_joining = self.joining
         self._fetch = None
         self._become_synced(now)
+        self._ask_again(now)
+        if was_joining:
+            self._events.append(JoinComplete(f.server, len(blob), now - f.started))
+
+    def _ask_again(self, now: float) -> None:
+        """A fetch ended: NACK again whatever it did not cover (after GIVE_UPS fetches that
+        did not, the gap is skipped, see _give_up)."""
         for src in self._sources.values():
             self._advance(src)
             if src.given_up or src.highest > src.contiguous:
-                # Ask again for whatever the snapshot did not cover.
                 src.given_up = False
                 progress = src.contiguous
                 high, src.highest = src.highest, src.contiguous
@@ -1270,8 +1288,6 @@ class Engine:
                 self._announce(src, high, now)
                 if src.contiguous > progress:
                     src.give_ups = 0
-        if was_joining:
-            self._events.append(JoinComplete(f.server, len(blob), now - f.started))
 
     def _anchor(self, src: Source, contig: int) -> None:
         live = set(src.held)
@@ -1323,6 +1339,10 @@ class Engine:
                     return
                 self._fetch = None
                 self._become_synced(now)
+                # Nobody answered: the gaps that made us ask are NACKed again rather than
+                # left given up (which stalled this peer's sync for good, found by the
+                # Churn state machine: seed 15935).
+                self._ask_again(now)
                 return
             self._send_snap_req(now)
             return
@@ -1455,9 +1475,15 @@ class Engine:
         return max(self.timers.holddown, self._d)
 
     def _update_distance(self) -> None:
-        """The group's round trip ``_d``: the median of the peers' measured RTTs (which
-        include how late their event loops run), at most 0.25 s."""
-        rtts = sorted(p.rtt for p in self._peers.values() if p.alive and p.rtt is not None)
+        """The group's round trip ``_d``: the median over the peers of the least of their
+        latest RTT samples, at most 0.25 s. Samples include how late event loops run;
+        the least of the last few keeps a steady lateness (a slow machine, a loaded
+        one) and drops the queueing of one busy moment, such as a big paste arriving,
+        which would otherwise stretch every NACK delay to its 0.75 s cap just when
+        repairs are wanted. (NACKs and repairs skip a busy peer's receive queue, see
+        net/edge.py, so they cross faster than the SESSION echoes measured here.)"""
+        rtts = sorted(min(p.rtt_samples) for p in self._peers.values()
+                      if p.alive and p.rtt_samples)
         self._d = min(rtts[len(rtts) // 2], 0.25) if rtts else 0.0
 
     def _best_server(self) -> int:
@@ -1602,3 +1628,5 @@ GIVE_UPS = 3
 MAX_EARLY_REPAIRS = 2048
 EARLY_REPAIR_AHEAD = 64
 _TYPES = frozenset(int(t) for t in wire.MsgType)
+#: Round-trip samples kept per peer; the group distance uses their minimum.
+RTT_SAMPLES = 8

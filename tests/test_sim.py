@@ -497,3 +497,27 @@ def test_a_big_paste_under_loss_is_repaired_by_nacks_not_snapshots():
     assert sum(p.engine.stats.snapshots_received for p in others) == 0
     t = net.tally
     assert t.repairs / t.loss_events < 1.6, t
+
+
+def test_a_gap_whose_snapshot_request_nobody_answers_is_asked_for_again():
+    """Found by the Churn machine (seed 15935): a peer missed a datagram of an author that
+    then crashed, gave up NACKing, asked for a snapshot that nobody answered, and stayed
+    unsynced for good with an identical board. Now the gap is NACKed again (another
+    holder repairs it) and everyone settles."""
+    net = SimNet(15935, Faults(loss=0.05, duplicate=0.05, reorder=0.1))
+    start(net, 4)
+
+    def peer(i):
+        live = net.live()
+        return live[i % len(live)]
+
+    net.act(peer(2), lambda e, now: e.clear(now))
+    net.add_peer()
+    net.crash(peer(7))
+    net.run_for(0.015625)
+    net.crash(peer(0))
+    net.crash(peer(1))
+    net.heal()
+    net.faults = Faults()
+    net.settle(limit=120)
+    assert all(p.engine.missing_count() == 0 for p in net.live())

@@ -1,10 +1,17 @@
 """The asyncio edge: owns the one multicast socket and drives the engine.
 
-It reads every datagram that is waiting (a batch per wake-up, so a burst costs one loop
-iteration, not one per datagram), passes each with ``now=loop.time()`` to the engine,
-sends what the engine wants sent, and keeps exactly one timer armed at the engine's next
-deadline. A bad datagram can never stop it: the engine counts and drops, and anything
-unexpected is logged (the first few times) and survived.
+Each wake-up it moves every datagram waiting in the kernel into its own queue (reading
+costs a few microseconds; decoding and applying, tens), then hands the engine a batch of
+:data:`PROCESS_BATCH` with ``now=loop.time()`` and yields to the loop, coming back at
+once while datagrams remain. Repairs and NACKs jump that queue (:meth:`Engine.urgent`):
+a peer that is behind on a big paste still answers and takes repairs within
+milliseconds, so a repair is not stuck behind a second of backlog and the others see it
+in time to suppress their own. The queue is bounded (:data:`QUEUE_MAX`); past it the
+kernel's buffer holds the rest, then drops, and the gaps are repaired like any loss.
+
+It sends what the engine wants sent and keeps exactly one timer armed at the engine's
+next deadline. A bad datagram can never stop it: the engine counts and drops, and
+anything unexpected is logged (the first few times) and survived.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import asyncio
 import errno
 import logging
 import socket
+from collections import deque
 from collections.abc import Callable
 
 from ..events import Event, Silence
@@ -22,7 +30,8 @@ from .sockets import rejoin_group
 log = logging.getLogger("p2pboard.net")
 
 RECV_SIZE = 2048  # larger than any valid datagram, so oversized ones are seen and dropped
-READ_BATCH = 512  # datagrams read per wake-up before yielding to the loop
+QUEUE_MAX = 8192  # datagrams read ahead of the engine (about 10 MB at most)
+PROCESS_BATCH = 128  # datagrams given to the engine before yielding to the loop
 REJECT_REPORT = 10.0  # seconds between summaries of what was refused
 
 
@@ -50,6 +59,12 @@ class Edge:
         self._rejected_seen: dict[str, int] = {}
         self._reports = 0
         self._report_timer: asyncio.TimerHandle | None = None
+        # (datagram, sender address, loop time it was read)
+        self._urgent: deque[tuple[bytes, tuple, float]] = deque()  # repairs and NACKs
+        self._queue: deque[tuple[bytes, tuple, float]] = deque()  # the rest, in order
+        self._resume: asyncio.Handle | None = None
+        #: most datagrams ever waiting in the edge's queue
+        self.queue_peak = 0
 
     def start(self) -> None:
         self.loop.add_reader(self.sock.fileno(), self._readable)
@@ -79,10 +94,16 @@ class Edge:
     # -------------------------------------------------------------- receive
 
     def _readable(self) -> None:
+        self._drain()
+        self._process()
+
+    def _drain(self) -> None:
+        """Move what the kernel holds into the queues (up to QUEUE_MAX)."""
         recv = self.sock.recvfrom
-        engine = self.engine
+        urgent, queue, is_urgent = self._urgent, self._queue, self.engine.urgent
+        room = QUEUE_MAX - len(queue) - len(urgent)
         now = self.loop.time()
-        for _ in range(READ_BATCH):
+        for _ in range(room):
             try:
                 data, addr = recv(RECV_SIZE)
             except (BlockingIOError, InterruptedError):
@@ -90,11 +111,39 @@ class Edge:
             except OSError as err:  # e.g. ICMP errors reported on the socket
                 self._fault("receive failed: %s", err)
                 break
+            (urgent if is_urgent(data) else queue).append((data, addr, now))
+        n = len(queue) + len(urgent)
+        if n > self.queue_peak:
+            self.queue_peak = n
+
+    def _process(self) -> None:
+        """Urgent datagrams, then a batch of the rest; come back soon if some remain."""
+        if self.closed:
+            return
+        engine = self.engine
+        urgent, queue = self._urgent, self._queue
+        for _ in range(PROCESS_BATCH):
+            if urgent:
+                data, addr, at = urgent.popleft()
+            elif queue:
+                data, addr, at = queue.popleft()
+            else:
+                break
             try:
-                engine.receive_datagram(data, addr, now)
+                # ``at``: when it was read. Round trips and repair delays measured by the
+                # engine are then those of the network, not of our own backlog (which
+                # repairs and NACKs skip anyway).
+                engine.receive_datagram(data, addr, at)
             except Exception:  # noqa: BLE001 - a bug must not take the peer down
                 self._fault("engine failed on a datagram", exc_info=True)
+        if (urgent or queue) and self._resume is None:
+            self._resume = self.loop.call_soon(self._continue)
         self.pump()
+
+    def _continue(self) -> None:
+        self._resume = None
+        self._drain()  # repairs that came in meanwhile go first
+        self._process()
 
     # -------------------------------------------------------------- send and timers
 
@@ -225,6 +274,10 @@ class Edge:
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._resume is not None:
+            self._resume.cancel()
+        self._urgent.clear()
+        self._queue.clear()
         if self._report_timer is not None:
             self._report_timer.cancel()
         try:

@@ -1,0 +1,100 @@
+"""The asyncio edge's receive queue, with a stand-in socket (no network): repairs and
+NACKs jump the read-ahead queue, the rest keeps its order, batches yield to the loop, and
+the queue is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+
+from p2pboard import seal, wire
+from p2pboard.ops import Clear
+from p2pboard.config import Config
+from p2pboard.net import edge as edge_mod
+from p2pboard.net.edge import Edge
+from p2pboard.session import Engine
+
+SIZE = (64, 48)
+
+
+class FakeSocket:
+    """recvfrom hands out queued datagrams, then would block; sendto records."""
+
+    def __init__(self, datagrams: list[bytes]) -> None:
+        self.inbox = list(datagrams)
+        self.sent: list[bytes] = []
+
+    def recvfrom(self, n: int):
+        if not self.inbox:
+            raise BlockingIOError
+        return self.inbox.pop(0), ("10.0.0.9", 5000)
+
+    def sendto(self, d: bytes, dest) -> None:
+        self.sent.append(d)
+
+    def fileno(self) -> int:  # pragma: no cover - only start() needs it
+        return -1
+
+    def close(self) -> None:
+        pass
+
+
+def data(seq: int, flags: int = 0) -> bytes:
+    return wire.encode_header(wire.MsgType.DATA, 77, seq, SIZE, flags) + wire.encode_clear(
+        Clear(77, seq, seq))
+
+
+def nack() -> bytes:
+    return wire.encode_nack(78, 1, SIZE, wire.Nack(77, 1, ((1, 2),)))
+
+
+def test_urgent_is_repairs_and_nacks_only():
+    e = Engine(Config(size=SIZE), peer_id=1)
+    assert e.urgent(data(5, wire.FLAG_REPAIR))
+    assert e.urgent(nack())
+    assert not e.urgent(data(5))
+    assert not e.urgent(wire.encode_empty(wire.MsgType.HEARTBEAT, 77, 5, SIZE))
+    assert not e.urgent(b"")
+    assert not e.urgent(b"XX\x02\x04\x01" + bytes(20))
+    cfg = Config(size=SIZE)
+    key = seal.derive_key("pass", cfg.group, cfg.port, n=2**4)
+    sealed = Engine(Config(size=SIZE, key=key), peer_id=2)
+    assert not sealed.urgent(nack())  # sealed boards keep their order
+
+
+def run_edge(inbox: list[bytes], monkeypatch, batch: int = 4):
+    monkeypatch.setattr(edge_mod, "PROCESS_BATCH", batch)
+    order: list[bytes] = []
+
+    async def main():
+        e = Engine(Config(size=SIZE), peer_id=1)
+        real = e.receive_datagram
+        e.receive_datagram = lambda d, a, now: (order.append(d), real(d, a, now))
+        ed = Edge(e, FakeSocket(inbox), ("239.0.0.1", 5000), loop=asyncio.get_running_loop())
+        ed._readable()
+        first = list(order)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        ed.close()
+        return ed, first
+
+    ed, first = asyncio.run(main())
+    return ed, first, order
+
+
+def test_repairs_and_nacks_go_before_the_backlog_and_the_rest_keeps_its_order(monkeypatch):
+    backlog = [data(s) for s in range(1, 11)]
+    repair, n = data(3, wire.FLAG_REPAIR), nack()
+    ed, first, order = run_edge(backlog[:6] + [repair] + backlog[6:] + [n], monkeypatch)
+    assert first[:2] == [repair, n]  # the first batch starts with them
+    assert len(first) == 4  # then yields to the loop after a batch
+    assert [d for d in order if d not in (repair, n)] == backlog  # in order, every one
+    assert len(order) == 12
+    assert ed.queue_peak == 12
+
+
+def test_the_read_ahead_queue_is_bounded(monkeypatch):
+    monkeypatch.setattr(edge_mod, "QUEUE_MAX", 5)
+    sock_items = [data(s) for s in range(1, 21)]
+    ed, first, order = run_edge(sock_items, monkeypatch, batch=2)
+    assert ed.queue_peak <= 5
+    assert order == sock_items  # the kernel's buffer held the rest; nothing lost here
