@@ -365,7 +365,8 @@ class Board:
                 ix = ix[only[ix]]
             ix = ix[stamp[ix] < s]
             stamp[ix] = s
-            color[ix] = rec.color
+            # One 32-bit store per pixel rather than a 4-byte row each.
+            color.view(np.uint32).reshape(-1)[ix] = np.frombuffer(bytes(rec.color), np.uint32)[0]
         elif isinstance(rec, Image):
             x0, y0, x1, y1 = e.box
             h = stamp.size // w

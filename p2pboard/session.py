@@ -593,9 +593,13 @@ class Engine:
         self._data.append(wire.encode_empty(wire.MsgType.GOODBYE, self.id, self.seq, self.size))
 
     def _emit(self, rec: Record | StrokePath, now: float) -> None:
-        w = self.size[0]
-        for piece, frag in wire.encode_record(rec, w, self._budget, height=self.size[1]):
-            work = wire.piece_work(piece, *self.size) if isinstance(rec, StrokePath) else 0
+        w, h = self.size
+        if isinstance(rec, StrokePath):
+            pieces = wire.encode_stroke_work(rec, w, h, self._budget)
+        else:
+            pieces = [(piece, frag, 0) for piece, frag in
+                      wire.encode_record(rec, w, self._budget, height=h)]
+        for piece, frag, work in pieces:
             if (self._open_len + len(piece) > self._budget
                     or self._open_work + work > wire.MAX_DATAGRAM_STROKE_WORK):
                 self._flush(now)

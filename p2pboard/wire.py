@@ -405,6 +405,17 @@ def stroke_area(points: np.ndarray, brush: int, width: int, height: int) -> int:
 
 
 def _stroke_piece(s: StrokePath, pts: np.ndarray, width: int, height: int) -> bytes | None:
+    head = (REC_STROKE, s.lamport, s.opno, _rgba_u32(s.color), s.width - 1)
+    if len(pts) <= 16:  # mouse-rate pieces: a few points, cheaper as Python ints
+        flat = pts.ravel().tolist()
+        if min(flat) < -32768 or max(flat) > 32767:
+            return None
+        steps = [b - a for a, b in zip(flat, flat[2:])]
+        if not steps or (min(steps) >= -128 and max(steps) <= 127):
+            return (STROKE_REC.pack(*head, STROKE_DELTA, len(pts)) + _XY.pack(*flat[:2])
+                    + struct.pack(f"{len(steps)}b", *steps))
+        return STROKE_REC.pack(*head, STROKE_ABS, len(pts)) + struct.pack(f">{len(flat)}h",
+                                                                          *flat)
     if pts.min() < -32768 or pts.max() > 32767:
         return None
     steps = np.diff(pts, axis=0)
@@ -423,9 +434,16 @@ def encode_stroke(s: StrokePath, width: int, height: int,
     """A stroke as STROKE records (consecutive pieces share their joining point), each with
     the Paint every receiver rasterises from it. Falls back to pixel sets for geometry the
     record cannot carry (coordinates beyond 16 bits, very long segments)."""
+    return [(data, paint) for data, paint, _ in encode_stroke_work(s, width, height, budget)]
+
+
+def encode_stroke_work(s: StrokePath, width: int, height: int,
+                       budget: int = BODY_BUDGET) -> list[tuple[bytes, Paint, int]]:
+    """:func:`encode_stroke`, with each piece's rasterising work for a receiver (see
+    :func:`piece_work`; 0 for pixel-set fallbacks)."""
     pts = np.asarray(s.points, dtype=np.int64).reshape(-1, 2)
     per = min(MAX_STROKE_POINTS, (budget - STROKE_REC.size - 4) // 2 + 1)
-    out: list[tuple[bytes, Paint]] = []
+    out: list[tuple[bytes, Paint, int]] = []
     i = 0
     while i < len(pts):
         j = min(len(pts), i + per)
@@ -442,9 +460,9 @@ def encode_stroke(s: StrokePath, width: int, height: int,
             data = _stroke_piece(s, piece, width, height)
         if data is not None and len(data) <= budget:
             if index.size:
-                out.append((data, paint))
+                out.append((data, paint, plan.work))
         else:
-            out.extend(encode_paint(paint, width, budget))
+            out.extend((d, p, 0) for d, p in encode_paint(paint, width, budget))
         if j >= len(pts):
             break
         i = j - 1  # the next piece starts where this one ended

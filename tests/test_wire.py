@@ -206,6 +206,9 @@ stroke_points = st.lists(st.tuples(st.integers(-300, 500), st.integers(-300, 400
 def test_stroke_round_trip_rasterises_the_same_pixels_everywhere(points, brush, color):
     s = StrokePath(ME, 3, 9, color, brush, np.array(points))
     pieces = wire.encode_record(s, W, height=H)
+    # the sender's count of each piece's work is what a receiver will spend
+    assert [work for _, _, work in wire.encode_stroke_work(s, W, H)] == [
+        wire.piece_work(rec, W, H) for rec, _ in pieces]
     decoded = []
     for rec, frag in pieces:
         (got,) = decode([rec])
@@ -276,3 +279,11 @@ def test_token_bucket_never_spins_on_rounding_dust():
         if sent >= 2000:
             break
     assert sent >= 2000
+
+
+def test_a_short_stroke_beyond_16_bit_coordinates_goes_as_pixels():
+    s = StrokePath(ME, 3, 9, (1, 2, 3, 255), 5, np.array([(10, 10), (40000, 10), (20, 20)]))
+    pieces = wire.encode_record(s, W, height=H)
+    assert pieces and all(rec[0] == wire.REC_PAINT for rec, _ in pieces)
+    union = np.unique(np.concatenate([decode([rec])[0].index for rec, _ in pieces]))
+    assert np.array_equal(union, raster.stroke_pixels([(10, 10), (40000, 10), (20, 20)], 5, W, H))
