@@ -1630,7 +1630,7 @@ MAX_REPAIR_QUEUE = 8192
 GIVE_UPS = 3
 #: Repairs held until we learn their datagram exists: at most this many, this far ahead.
 MAX_EARLY_REPAIRS = 2048
-EARLY_REPAIR_AHEAD = 64
+EARLY_REPAIR_AHEAD = 2048
 _TYPES = frozenset(int(t) for t in wire.MsgType)
 #: Round-trip samples kept per peer; the group distance uses their minimum.
 RTT_SAMPLES = 8

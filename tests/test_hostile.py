@@ -7,7 +7,7 @@ import random
 
 import numpy as np
 
-from p2pboard import raster, wire
+from p2pboard import raster, session, wire
 from p2pboard.ops import Paint
 
 from .sim import SimNet
@@ -65,10 +65,19 @@ def test_a_repair_of_a_datagram_nobody_announced_is_refused():
     e = b.engine
     size = (W, H)
     rec = wire.encode_clear(__import__("p2pboard.ops").ops.Clear(a.engine.id, 50, 50))
-    d = wire.encode_header(wire.MsgType.DATA, a.engine.id, 500, size, flags=wire.FLAG_REPAIR)
     before = e.board.digest()
+    # Far beyond anything announced: refused at once.
+    far = session.EARLY_REPAIR_AHEAD + 10
+    d = wire.encode_header(wire.MsgType.DATA, a.engine.id, far, size, flags=wire.FLAG_REPAIR)
     e.receive_datagram(d + rec, ATTACKER, net.now)
     assert e.stats.rejected_repair == 1
+    # Nearer (a peer far behind on a paste gets repairs before the news): held, never
+    # applied, and dropped (counted) once nothing announced it for a second.
+    d = wire.encode_header(wire.MsgType.DATA, a.engine.id, 500, size, flags=wire.FLAG_REPAIR)
+    e.receive_datagram(d + rec, ATTACKER, net.now)
+    assert e.board.digest() == before
+    net.run_for(1.6)
+    assert e.stats.rejected_repair == 2
     assert e.board.digest() == before
 
 
