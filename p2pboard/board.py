@@ -187,6 +187,26 @@ class Board:
             self._force_fold()
         return True
 
+    def apply_provisional(self, rec: Image) -> tuple[int, int, int] | None:
+        """Show a paste of our own at once, before its datagrams exist (the sender encodes a
+        big paste as it sends it): an entry keyed ``(author, 0, opno)`` (no datagram has
+        number 0), dropped with :meth:`drop_provisional` once every band of it has been
+        applied under its own key. Same stamp, same pixels: the view does not change."""
+        key = (rec.author, 0, rec.opno)
+        entry = self._entry(key, rec)
+        if entry is None or key in self._log:
+            return None
+        self._sync()
+        self._add(entry)
+        if self.visible(*entry.op):
+            self._paint(entry, self._stamp, self._color)
+            self._mark(entry.box)
+        return key
+
+    def drop_provisional(self, key: tuple[int, int, int] | None) -> None:
+        if key is not None and key in self._log:
+            self._remove(key)
+
     def settle(self, author: int, opno: int) -> None:
         """We hold every record of ``author`` with an opno up to ``opno``: operations more
         than UNDO_WINDOW older than that are final and move into the base."""

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="1920x1080", metavar="WxH",
                    help="canvas size; every peer of a board must use the same (default 1920x1080)")
     p.add_argument("--rate", type=int, default=DEFAULT_RATE, metavar="BYTES_PER_S",
-                   help=f"send rate limit in bytes per second (default {DEFAULT_RATE})")
+                   help=f"most bytes per second to send; pacing starts at 8 MB/s and "
+                        f"follows the network up to this (default {DEFAULT_RATE})")
     p.add_argument("--headless", action="store_true",
                    help="run a full peer without a window until interrupted")
     p.add_argument("--save", default=None, metavar="FILE.png",

@@ -15,8 +15,9 @@ DEFAULT_GROUP = "239.255.80.80"
 DEFAULT_PORT = 47777
 DEFAULT_SIZE = (1920, 1080)
 MAX_SIDE = 8192
-#: Default send rate: 64 Mbit/s, what a Python receiver on a modest laptop keeps up with.
-DEFAULT_RATE = 8_000_000
+#: Default most a peer sends, in bytes per second (256 Mbit/s, about what a Python receiver
+#: decodes). Pacing starts at 8 MB/s and follows the network up to it (session.Timers).
+DEFAULT_RATE = 32_000_000
 MAX_NAME = 32
 
 
@@ -59,7 +60,7 @@ class Config:
     name: str = field(default_factory=default_name)  #: shown to the other peers
     color: Color | None = None  #: the peer's colour in peer lists; None: derived from name
     size: tuple[int, int] = DEFAULT_SIZE  #: canvas width, height
-    rate: int = DEFAULT_RATE  #: send rate limit in bytes per second
+    rate: int = DEFAULT_RATE  #: most bytes per second sent (pacing adapts below it)
     #: the key of a passphrase board (seal.derive_key); None: an open board
     key: BoardKey | None = field(default=None, repr=False)
 

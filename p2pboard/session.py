@@ -103,6 +103,16 @@ class Timers:
     flood_rate: float | None = None
     flood_quarantine: float = 30.0  # a sender over it is refused this long, its gaps skipped
     repairs_per_datagram: int = 4  # repairs of one datagram per second, at most
+    # Adaptive pacing (see _adapt_rate): starts at start_rate (at most --rate), changes at
+    # most every rate_step: times rate_up while data waits for the pacer, times rate_down
+    # when one receiver NACKed more than rate_loss of what we sent; never below min_rate.
+    start_rate: float = 8_000_000
+    rate_step: float = 0.05
+    rate_up: float = 1.25
+    rate_down: float = 0.5
+    rate_loss: float = 0.25
+    min_rate: float = 250_000
+    rate_restart: float = 2.0  # idle this long: start again from start_rate
     repair_budget_rate: float = 2048.0  # datagrams/s one requester's NACKs may get repaired
     repair_budget_burst: float = 8192.0
 
@@ -153,6 +163,7 @@ class Stats:
     rejected_repair: int = 0  # a "repair" of a datagram nobody said exists
     repairs_refused: int = 0  # NACKs over the per-datagram or per-requester repair budget
     rejoins: int = 0  # multicast group re-joined after a silence
+    rate_cuts: int = 0  # pacing rate halved: a receiver missed too much (see _adapt_rate)
     divergences: int = 0  # same datagrams as a peer, another board: its state was merged
     departed_folds: int = 0  # authors whose operations became final after their goodbye
     pixels_painted: int = 0
@@ -306,7 +317,17 @@ class Engine:
         self._repairs: deque[bytes] = deque()
         self._data: deque[bytes] = deque()
         self._bulk: deque[bytes] = deque()
-        self._bucket = TokenBucket(self.config.rate, self.timers.burst)
+        self.pace = min(float(self.config.rate), self.timers.start_rate)  #: bytes/s now
+        self._bucket = TokenBucket(self.pace, self.timers.burst)
+        self._rate_window_at = now
+        self._rate_sent = 0  # our fresh DATA sent in this window
+        self._rate_nacked: dict[int, int] = {}  # requester -> our numbers it NACKed first
+        self._backlog_at = -1e9  # last time data waited for the pacer
+        #: set by the edge while the socket's send buffer is full: only control messages and
+        #: repairs are released (the link, not the pacer, sets the pace then)
+        self.blocked = False
+        self._encoding = None  # the rest of a big paste, encoded as it is sent
+        self._provisional = None  # its board entry until then (Board.apply_provisional)
         # the datagram being filled
         self._open: list[bytes] = []
         self._open_len = 0
@@ -363,9 +384,11 @@ class Engine:
         """Everything that may go out now, within the rate limit."""
         self._now = max(self._now, now)
         self._maybe_flush(now)
+        if self._encoding is not None and not self.blocked:
+            self._encode_ahead(now)
         out = list(self._control)
         self._control.clear()
-        for q in (self._repairs, self._data, self._bulk):
+        for q in (self._repairs,) if self.blocked else (self._repairs, self._data, self._bulk):
             while q:
                 if not self._bucket.try_consume(len(q[0]) + self._overhead, now):
                     break
@@ -373,6 +396,7 @@ class Engine:
                 out.append(d)
                 if q is self._data and d[3] == wire.MsgType.DATA:
                     self._sent_seq = int.from_bytes(d[9:13], "big")
+                    self._rate_sent += 1
                     if not q:
                         # The last queued datagram is out: heartbeats count from now (not
                         # from when it was queued), so a lost tail is found soon after.
@@ -381,12 +405,48 @@ class Engine:
                                                 min(1.5 * self._flush_gap, 0.03))
             if q:
                 break
+        if self._encoding is not None and not self.blocked and not self._data:
+            self._encode_ahead(now)  # so the pacer has the next datagram to wait for
+        self._adapt_rate(now, bool(self._data or self._bulk))
         if self._sealer is not None:
             out = [self._sealer.seal(d) for d in out]
         for d in out:
             self.stats.datagrams_sent += 1
             self.stats.bytes_sent += len(d)
         return out
+
+    def _adapt_rate(self, now: float, backlogged: bool) -> None:
+        """Pacing that follows the network, between min_rate and --rate. While data waits
+        for the pacer the rate grows by rate_up every rate_step; when one receiver NACKed
+        (first requests) more than rate_loss of the datagrams we sent in that time, it
+        halves. The threshold is per receiver and high on purpose: on a multicast group
+        of many, some receiver misses nearly every datagram at a few percent of random
+        loss (Wi-Fi, a busy host), which is the repair layer's job; a receiver missing a
+        quarter of them is being sent more than it or its link can take. After
+        rate_restart of idling it starts again from start_rate."""
+        t = self.timers
+        if self.blocked:
+            backlogged = False  # the link is the limit: growing the rate would not help
+        if backlogged:
+            if now - self._backlog_at > t.rate_restart and self.pace > t.start_rate:
+                self._set_pace(t.start_rate)
+            self._backlog_at = now
+        if now - self._rate_window_at < t.rate_step:
+            return
+        worst = max(self._rate_nacked.values(), default=0)
+        sent = self._rate_sent
+        self._rate_window_at = now
+        self._rate_sent = 0
+        self._rate_nacked.clear()
+        if sent >= 8 and worst > t.rate_loss * sent:
+            self._set_pace(self.pace * t.rate_down)
+            self.stats.rate_cuts += 1
+        elif backlogged:
+            self._set_pace(self.pace * t.rate_up)
+
+    def _set_pace(self, rate: float) -> None:
+        self.pace = min(float(self.config.rate), max(self.timers.min_rate, rate))
+        self._bucket.rate = self.pace
 
     def get_timer(self) -> float | None:
         """The next time :meth:`handle_timer` must be called (None: never, until input)."""
@@ -410,7 +470,7 @@ class Engine:
                 cands.append(f.asked_at + self.timers.join_retry)
             else:
                 cands.append(max(f.last_chunk, f.asked_at) + self.timers.snap_idle)
-        q = self._repairs or self._data or self._bulk
+        q = self._repairs if self.blocked else (self._repairs or self._data or self._bulk)
         if q:
             cands.append(self._bucket.ready_at(len(q[0]) + self._overhead, self._now))
         return min(cands)
@@ -429,7 +489,7 @@ class Engine:
 
     def synced(self) -> bool:
         """We hold everything every live peer has sent, and they hold everything we sent."""
-        if self.joining or self._open or self._data or self._repairs:
+        if self.joining or self._open or self._data or self._repairs or self._encoding:
             return False
         for s in self._sources.values():
             if s.contiguous < s.highest:
@@ -444,9 +504,15 @@ class Engine:
                 return False
         return True
 
+    @property
+    def encoding(self) -> bool:
+        """A big paste of ours is still being encoded (as the pacer sends it)."""
+        return self._encoding is not None
+
     def has_pending(self) -> bool:
         """Datagrams are waiting for the pacer (or the open datagram for its deadline)."""
-        return bool(self._open or self._control or self._repairs or self._data or self._bulk)
+        return bool(self._open or self._control or self._repairs or self._data or self._bulk
+                    or self._encoding is not None)
 
     def probe(self, now: float) -> None:
         """Ask every peer for a fresh session message (used while waiting to be synced)."""
@@ -589,33 +655,69 @@ class Engine:
     def goodbye(self, now: float) -> None:
         """Flush what is pending and say goodbye (the caller sends what comes out): the
         goodbye goes after our last data, and names it."""
+        self._finish_encoding(now)
         self._flush(now)
         self._data.append(wire.encode_empty(wire.MsgType.GOODBYE, self.id, self.seq, self.size))
 
     def _emit(self, rec: Record | StrokePath, now: float) -> None:
         w, h = self.size
+        self._finish_encoding(now)  # operations go out in the order they were made
         if isinstance(rec, StrokePath):
             pieces = wire.encode_stroke_work(rec, w, h, self._budget)
+        elif isinstance(rec, Image) and rec.rgba.shape[0] * rec.rgba.shape[1] > LAZY_IMAGE:
+            # A big paste is encoded as the pacer sends it (_encode_ahead): its first
+            # datagrams leave at once instead of after the whole image is compressed.
+            self._encoding = wire.iter_image(rec, self._budget)
+            # Shown here at once all the same; the bands replace it as they are made.
+            self._provisional = self.board.apply_provisional(rec)
+            self.stats.pixels_painted += int(rec.rgba.shape[0] * rec.rgba.shape[1])
+            self._encode_ahead(now)
+            return
         else:
             pieces = [(piece, frag, 0) for piece, frag in
                       wire.encode_record(rec, w, self._budget, height=h)]
         for piece, frag, work in pieces:
-            if (self._open_len + len(piece) > self._budget
-                    or self._open_work + work > wire.MAX_DATAGRAM_STROKE_WORK):
-                self._flush(now)
-            self._open_work += work
-            if not self._open:
-                self._open_deadline = now + self.timers.flush_delay
-            idx = len(self._open)
-            self._open.append(piece)
-            self._open_len += len(piece)
-            self._open_maxop = max(self._open_maxop, frag.opno)
-            if self.board.apply(frag, self.id, self.seq + 1, idx):
-                if isinstance(frag, Paint):
-                    self.stats.pixels_painted += int(frag.index.size)
-                elif isinstance(frag, Image):
-                    self.stats.pixels_painted += int(frag.rgba.shape[0] * frag.rgba.shape[1])
+            self._place(piece, frag, work, now)
         self._maybe_flush(now)
+
+    def _encode_ahead(self, now: float, upto: int = 0) -> None:
+        """Encode more of a big paste, until ``upto`` datagrams wait for the pacer (0:
+        ENCODE_AHEAD), or all of it (``upto`` < 0)."""
+        it = self._encoding
+        if it is None:
+            return
+        upto = upto or ENCODE_AHEAD
+        while upto < 0 or len(self._data) < upto:
+            item = next(it, None)
+            if item is None:
+                self._encoding = None
+                self.board.drop_provisional(self._provisional)
+                self._provisional = None
+                self._flush(now)
+                return
+            self._place(item[0], item[1], 0, now, count=False)
+
+    def _finish_encoding(self, now: float) -> None:
+        self._encode_ahead(now, -1)
+
+    def _place(self, piece: bytes, frag, work: int, now: float, count: bool = True) -> None:
+        """Put one record into the open datagram (flushing it first if full) and apply it
+        here, under the key every receiver will apply it with."""
+        if (self._open_len + len(piece) > self._budget
+                or self._open_work + work > wire.MAX_DATAGRAM_STROKE_WORK):
+            self._flush(now)
+        self._open_work += work
+        if not self._open:
+            self._open_deadline = now + self.timers.flush_delay
+        idx = len(self._open)
+        self._open.append(piece)
+        self._open_len += len(piece)
+        self._open_maxop = max(self._open_maxop, frag.opno)
+        if self.board.apply(frag, self.id, self.seq + 1, idx) and count:
+            if isinstance(frag, Paint):
+                self.stats.pixels_painted += int(frag.index.size)
+            elif isinstance(frag, Image):
+                self.stats.pixels_painted += int(frag.rgba.shape[0] * frag.rgba.shape[1])
 
     def _maybe_flush(self, now: float) -> None:
         if not self._open:
@@ -1091,6 +1193,10 @@ class Engine:
             self.stats.rejected_nack += 1
             return
         requester = h.sender
+        if n.source == self.id and n.attempt == 1 and len(self._rate_nacked) < 4096:
+            self._rate_nacked[requester] = self._rate_nacked.get(requester, 0) + sum(
+                max(0, min(first + count - 1, self._sent_seq) - first + 1)
+                for first, count in n.ranges)
         for first, count in n.ranges:
             for seq in range(first, first + count):
                 key = (n.source, seq)
@@ -1632,5 +1738,9 @@ GIVE_UPS = 3
 MAX_EARLY_REPAIRS = 2048
 EARLY_REPAIR_AHEAD = 2048
 _TYPES = frozenset(int(t) for t in wire.MsgType)
+#: Pastes of more pixels than this are encoded as they are sent; ENCODE_AHEAD datagrams
+#: are kept ready for the pacer.
+LAZY_IMAGE = 1 << 16
+ENCODE_AHEAD = 128
 #: Round-trip samples kept per peer; the group distance uses their minimum.
 RTT_SAMPLES = 8

@@ -24,6 +24,7 @@ from __future__ import annotations
 import enum
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -352,10 +353,15 @@ def _encode_image_piece(rgba: np.ndarray) -> tuple[int, bytes]:
 def encode_image(img: Image, budget: int = BODY_BUDGET) -> list[tuple[bytes, Image]]:
     """An image fragment as records of at most ``budget`` bytes, each a band of rows or
     a run within a row. The band size adapts to how well the image compresses."""
+    return list(iter_image(img, budget))
+
+
+def iter_image(img: Image, budget: int = BODY_BUDGET) -> Iterator[tuple[bytes, Image]]:
+    """:func:`encode_image` one record at a time (a sender encodes a big paste while the
+    pacer sends it)."""
     rgba = img.rgba
     h, w = rgba.shape[:2]
     room = budget - IMAGE_REC.size
-    out: list[tuple[bytes, Image]] = []
     bpp = 4.0  # estimated bytes per pixel after compression
     y = 0
     while y < h:
@@ -381,14 +387,12 @@ def encode_image(img: Image, budget: int = BODY_BUDGET) -> list[tuple[bytes, Ima
                     cols = max(1, cols * room // len(payload) * 9 // 10)
             rec = IMAGE_REC.pack(REC_IMAGE, img.lamport, img.opno, img.x + x, img.y + y,
                                  cols, rows, enc, len(payload)) + payload
-            out.append((rec, Image(img.author, img.opno, img.lamport, img.x + x, img.y + y,
-                                   piece)))
+            yield rec, Image(img.author, img.opno, img.lamport, img.x + x, img.y + y, piece)
             bpp = 0.5 * bpp + 0.5 * max(0.02, len(payload) / (rows * cols))
             x += cols
             if rows > 1 or cols == w:
                 break
         y += rows
-    return out
 
 
 def encode_clear(c: Clear) -> bytes:

@@ -217,6 +217,8 @@ class P2pPeer(Common):
             # "drawn" once the library has it all, as for the others once their send
             # call returned: the paced sending and any repairs are part of what we measure
             b.paste(self.image, at=(0, 0))
+            while b.engine.encoding:  # a big paste is encoded as it is sent
+                await asyncio.sleep(0.002)
 
 
 # ---------------------------------------------------------------------------- the others

@@ -521,3 +521,98 @@ def test_a_gap_whose_snapshot_request_nobody_answers_is_asked_for_again():
     net.faults = Faults()
     net.settle(limit=120)
     assert all(p.engine.missing_count() == 0 for p in net.live())
+
+
+def _paste_and_watch(net, a, img):
+    """Paste ``img`` from ``a``; the pacing rates ``a`` used, sampled every 10 ms."""
+    net.act(a, lambda e, now: e.paste(img, 0, 0, now))
+    paces = []
+    while a.engine.has_pending():
+        net.run_for(0.01)
+        paces.append(a.engine.pace)
+        assert len(paces) < 3000
+    net.settle(limit=60)
+    return paces
+
+
+def test_pacing_grows_while_data_waits_and_stays_under_the_cap():
+    net = SimNet(41, size=(1280, 720))
+    a = net.add_peer(rate=16_000_000)
+    others = [net.add_peer() for _ in range(3)]
+    net.run_for(1.0)
+    img = np.random.default_rng(5).integers(0, 256, (720, 1280, 4), dtype=np.uint8)
+    paces = _paste_and_watch(net, a, img)
+    t = a.engine.timers
+    assert paces[0] <= t.start_rate * t.rate_up
+    assert max(paces) == 16_000_000  # it reached --rate and went no further
+    assert a.engine.stats.rate_cuts == 0
+    assert all(p.engine.board.digest() == a.engine.board.digest() for p in others)
+    # idle for longer than rate_restart: the next burst starts from start_rate again
+    net.run_for(t.rate_restart + 0.5)
+    net.act(a, lambda e, now: e.paste(img[:360], 0, 0, now))
+    net.run_for(0.001)
+    assert a.engine.pace <= t.start_rate * t.rate_up
+
+
+def test_random_loss_at_many_receivers_does_not_slow_the_sender():
+    """10% loss at each of 12 receivers: nearly every datagram is missed by someone, but
+    no receiver misses a quarter of them, so the rate is not cut (repairs handle it)."""
+    net = SimNet(42, Faults(loss=0.1), size=(1280, 720))
+    a = net.add_peer(rate=16_000_000)
+    others = [net.add_peer() for _ in range(12)]
+    net.run_for(1.0)
+    img = np.random.default_rng(6).integers(0, 256, (720, 1280, 4), dtype=np.uint8)
+    paces = _paste_and_watch(net, a, img)
+    assert a.engine.stats.rate_cuts == 0
+    assert max(paces) == 16_000_000
+    assert all(p.engine.board.digest() == a.engine.board.digest() for p in others)
+
+
+def test_a_receiver_that_misses_half_of_it_halves_the_rate():
+    """One receiver behind a link that drops half of what it is sent: the sender backs off
+    (rate_cuts), and everyone still ends with the image."""
+    net = SimNet(43, size=(1280, 720))
+    a = net.add_peer(rate=30_000_000)
+    others = [net.add_peer() for _ in range(3)]
+    others[0].lossy = 0.5
+    net.run_for(1.0)
+    img = np.random.default_rng(7).integers(0, 256, (720, 1280, 4), dtype=np.uint8)
+    paces = _paste_and_watch(net, a, img)
+    assert a.engine.stats.rate_cuts >= 1
+    assert min(paces[5:]) < max(paces)  # it came down after rising
+    assert all(p.engine.board.digest() == a.engine.board.digest() for p in others)
+
+
+def test_a_big_paste_is_encoded_while_it_is_sent_and_operations_keep_their_order():
+    from p2pboard import session
+    from p2pboard.config import Config
+
+    e = Engine(Config(size=(1280, 720)), peer_id=5, now=0.0)
+    e.datagrams_to_send(0.0)
+    img = np.random.default_rng(8).integers(0, 256, (720, 1280, 4), dtype=np.uint8)
+    e.paste(img, 0, 0, 0.0)
+    # shown here at once, as every paste; its first datagrams are ready at once too, the
+    # rest is encoded as the pacer goes
+    assert np.array_equal(e.board.pixels, img)
+    assert e._encoding is not None and 0 < len(e._data) <= session.ENCODE_AHEAD
+    out = e.datagrams_to_send(0.0)
+    assert any(d[3] == wire.MsgType.DATA for d in out)
+    assert e.has_pending() and not e.synced()
+    # A stroke drawn meanwhile: the rest of the paste is encoded first, so the stroke's
+    # datagram is numbered after every one of the paste's.
+    e.stroke([(1, 1), (9, 9)], 3, (1, 2, 3, 255), 0.001)
+    assert e._encoding is None
+    datagrams, t = [], 0.001
+    while e.has_pending():
+        datagrams += [d for d in e.datagrams_to_send(t) if d[3] == wire.MsgType.DATA]
+        t += 0.001
+    last = datagrams[-1]
+    body = memoryview(last)[wire.HEADER.size:]
+    assert body[0] == wire.REC_STROKE
+    assert all(memoryview(d)[wire.HEADER.size] == wire.REC_IMAGE for d in datagrams[:-1])
+    # and the author's board shows all of the image (the stroke is in its top-left corner),
+    # from the bands alone: the provisional entry is gone
+    assert np.array_equal(e.board.pixels[20:], img[20:])
+    assert (e.id, 0, 1) not in e.board._log
+    assert e.stats.pixels_painted == 1280 * 720 + int(
+        raster.stroke_pixels([(1, 1), (9, 9)], 3, 1280, 720).size)

@@ -170,7 +170,12 @@ class Edge:
             try:
                 self.sock.sendto(d, self.dest)
             except (BlockingIOError, InterruptedError):
+                # The send buffer is full: the link is slower than the pacer. Hold the rest
+                # and let the engine release only control messages and repairs until the
+                # socket takes more (the buffer is kept small, see sockets.py, so this
+                # happens before a queue beyond it drops datagrams silently).
                 self._backlog = list(datagrams[i:])
+                self.engine.blocked = True
                 if not self._writer:
                     self.loop.add_writer(self.sock.fileno(), self._writable)
                     self._writer = True
@@ -191,6 +196,9 @@ class Edge:
         self.loop.remove_writer(self.sock.fileno())
         self._writer = False
         self._send(backlog)
+        if not self._backlog:
+            self.engine.blocked = False
+            self.pump()
 
     def _arm(self) -> None:
         at = self.engine.get_timer()

@@ -77,10 +77,15 @@ def _check_group(group: str) -> None:
 
 
 def open_multicast_socket(group: str, port: int, iface: str | None = None, *, ttl: int = 1,
-                          rcvbuf: int = 8 << 20, sndbuf: int = 1 << 20,
+                          rcvbuf: int = 8 << 20, sndbuf: int = 128 << 10,
                           loop: bool = True) -> tuple[socket.socket, SocketInfo]:
     """A non-blocking UDP socket joined to ``group`` on ``port``, sending to it via
-    ``iface`` (an interface's IPv4 address; None for the default)."""
+    ``iface`` (an interface's IPv4 address; None for the default).
+
+    The send buffer is small on purpose (about 100 full datagrams): when the pacer runs
+    faster than the link, the socket says so (EAGAIN) before the interface's queue fills,
+    which would drop datagrams without a word (Linux reports UDP qdisc drops only with
+    IP_RECVERR)."""
     _check_group(group)
     if iface is not None:
         try:
