@@ -56,7 +56,7 @@ import numpy as np
 
 from . import seal, store, wire
 from .board import Board
-from .config import Config
+from .config import DEFAULT_RATE, Config
 from .events import (CursorMoved, Divergence, Event, JoinComplete, OtherBoard, PeerJoined,
                      PeerLeft, PeerUpdated, Silence, SizeMismatch, Unrecoverable,
                      VersionMismatch)
@@ -99,7 +99,8 @@ class Timers:
     silence_rejoin_max: float = 60.0  # then again after twice as long, up to this
     anti_entropy_interval: float = 5.0  # fetch a diverging peer's state at most this often
     # datagrams/s accepted from one (address, sender); None: 1.5 times what a peer sending
-    # at our --rate can send (full datagrams) plus 1000 for small ones (10,800 at 8 MB/s)
+    # at the larger of our --rate and the default can send (full datagrams) plus 1000 for
+    # small ones (about 40,000)
     flood_rate: float | None = None
     flood_quarantine: float = 30.0  # a sender over it is refused this long, its gaps skipped
     repairs_per_datagram: int = 4  # repairs of one datagram per second, at most
@@ -356,8 +357,11 @@ class Engine:
         # defences against hostile or broken peers
         t = self.timers
         self._bound: dict[int, list] = {}  # peer id -> [address, last heard from it]
+        # What others may send is not bounded by our own --rate (a peer that chose to send
+        # slowly still receives default peers pacing up to DEFAULT_RATE).
         flood = (t.flood_rate
-                 or 1.5 * self.config.rate / (wire.MAX_DATAGRAM + UDP_IP_OVERHEAD) + 1000)
+                 or 1.5 * max(self.config.rate, DEFAULT_RATE) / (wire.MAX_DATAGRAM
+                                                                + UDP_IP_OVERHEAD) + 1000)
         self._flood = _Buckets(flood, flood, 4096)
         self._requesters = _Buckets(t.repair_budget_rate, t.repair_budget_burst, 1024)
         self._repaired: dict[tuple[int, int], list] = {}  # key -> [window start, repairs]

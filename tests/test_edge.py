@@ -98,3 +98,66 @@ def test_the_read_ahead_queue_is_bounded(monkeypatch):
     ed, first, order = run_edge(sock_items, monkeypatch, batch=2)
     assert ed.queue_peak <= 5
     assert order == sock_items  # the kernel's buffer held the rest; nothing lost here
+
+
+class FullSocket(FakeSocket):
+    """Takes ``room`` datagrams, then would block until the test makes room again."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__([])
+        self.room = room
+        import socket
+
+        self._pair = socket.socketpair()  # a real, always-writable fd for add_writer
+
+    def sendto(self, d: bytes, dest) -> None:
+        if self.room <= 0:
+            raise BlockingIOError
+        self.room -= 1
+        self.sent.append(d)
+
+    def fileno(self) -> int:
+        return self._pair[0].fileno()
+
+    def close(self) -> None:
+        for s in self._pair:
+            s.close()
+
+
+def test_a_full_send_buffer_holds_data_back_and_the_engine_waits_for_it():
+    """The link is slower than the pacer: the socket says EAGAIN. The engine then releases
+    only control messages and repairs (and does not grow its rate); once the socket takes
+    more, everything goes, in order."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        e = Engine(Config(size=SIZE), peer_id=1, now=loop.time())
+        sock = FullSocket(room=3)
+        ed = Edge(e, sock, ("239.0.0.1", 5000), loop=loop)
+        ed.pump()  # the start-up SESSION and SNAP_REQ
+        for i in range(40):
+            e.paint(__import__("numpy").arange(i * 10, i * 10 + 5), (1, 2, 3, 255),
+                    loop.time())
+            e._flush(loop.time())
+        ed.pump()
+        assert e.blocked and ed._backlog
+        for i in range(40, 50):  # drawn while the socket is full: kept by the engine
+            e.paint(__import__("numpy").arange(i * 10, i * 10 + 5), (1, 2, 3, 255),
+                    loop.time())
+            e._flush(loop.time())
+        pace = e.pace
+        for _ in range(5):
+            ed.pump()
+        assert len(e._data) == 10 and e.pace == pace  # not released, rate not grown
+        sock.room = 10_000
+        for _ in range(200):
+            await asyncio.sleep(0.002)
+            if not e.has_pending() and not ed._backlog:
+                break
+        assert not e.blocked and not ed._backlog and not e._data
+        seqs = [int.from_bytes(d[9:13], "big") for d in sock.sent
+                if d[3] == wire.MsgType.DATA]
+        assert seqs == sorted(seqs) and len(seqs) == 50
+        ed.close()
+
+    asyncio.run(main())

@@ -616,3 +616,21 @@ def test_a_big_paste_is_encoded_while_it_is_sent_and_operations_keep_their_order
     assert (e.id, 0, 1) not in e.board._log
     assert e.stats.pixels_painted == 1280 * 720 + int(
         raster.stroke_pixels([(1, 1), (9, 9)], 3, 1280, 720).size)
+
+
+def test_a_peer_with_a_low_rate_still_takes_a_fast_paste_from_a_default_peer():
+    """--rate limits what a peer sends, not what it accepts: a receiver that chose 2 MB/s
+    does not take a default peer pacing up to 32 MB/s for a flood."""
+    from p2pboard.config import DEFAULT_RATE
+
+    net = SimNet(44, size=(1920, 1080))
+    a = net.add_peer(rate=DEFAULT_RATE)
+    slow = net.add_peer(rate=2_000_000)
+    net.run_for(1.0)
+    # 8 MB that does not compress: more datagrams than the slow peer's own rate would
+    # allow in a burst
+    img = np.random.default_rng(9).integers(0, 256, (1080, 1920, 4), dtype=np.uint8)
+    paces = _paste_and_watch(net, a, img)
+    assert max(paces) > 2_000_000 * 1.5
+    assert slow.engine.stats.rejected_flood == 0
+    assert slow.engine.board.digest() == a.engine.board.digest()
