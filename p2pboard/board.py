@@ -178,14 +178,18 @@ class Board:
         if entry is None:
             self.rejected += 1
             return False
+        self._insert(entry)
+        if self._live_pixels > LOG_PIXEL_CAP:
+            self._force_fold()
+        return True
+
+    def _insert(self, entry: Entry) -> None:
+        """Log a new entry and show it (if its operation is visible)."""
         self._sync()
         self._add(entry)
         if self.visible(*entry.op):
             self._paint(entry, self._stamp, self._color)
             self._mark(entry.box)
-        if self._live_pixels > LOG_PIXEL_CAP:
-            self._force_fold()
-        return True
 
     def apply_provisional(self, rec: Image) -> tuple[int, int, int] | None:
         """Show a paste of our own at once, before its datagrams exist (the sender encodes a
@@ -196,11 +200,7 @@ class Board:
         entry = self._entry(key, rec)
         if entry is None or key in self._log:
             return None
-        self._sync()
-        self._add(entry)
-        if self.visible(*entry.op):
-            self._paint(entry, self._stamp, self._color)
-            self._mark(entry.box)
+        self._insert(entry)
         return key
 
     def drop_provisional(self, key: tuple[int, int, int] | None) -> None:
