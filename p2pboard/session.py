@@ -369,6 +369,7 @@ class Engine:
         self._early: dict[int, dict[int, tuple[float, bytes]]] = {}  # repairs held back
         self._early_count = 0
         self._d = 0.0  # the group's round trip (median of the peers' RTTs), see _nack_delay
+        self._d_smooth = 0.0  # the same from smoothed RTTs, see _holddown_time
         # silence and anti-entropy
         self._last_heard_other = now
         self._silence_wait = t.silence_rejoin
@@ -401,6 +402,8 @@ class Engine:
                 if q is self._data and d[3] == wire.MsgType.DATA:
                     self._sent_seq = int.from_bytes(d[9:13], "big")
                     self._rate_sent += 1
+                elif q is self._bulk:
+                    self._rate_sent += 1  # snapshot chunks: their loss counts too
                     if not q:
                         # The last queued datagram is out: heartbeats count from now (not
                         # from when it was queued), so a lost tail is found soon after.
@@ -1491,11 +1494,18 @@ class Engine:
         size = self._chunk_size
         nchunks = -(-len(sv.blob) // size)
         queued = {bytes(d[wire.HEADER.size + 8:wire.HEADER.size + 12]) for d in self._bulk}
+        resent = 0
         for first, count in n.ranges:
             for i in range(first - 1, min(first - 1 + count, nchunks)):
                 if i.to_bytes(4, "big") in queued:
                     continue
                 self._queue_chunk(sv, i, h.sender)
+                resent += 1
+        if resent and len(self._rate_nacked) < 4096:
+            # A joiner that lost chunks tells the pacer the same as a NACK would: a
+            # snapshot paced faster than a busy joiner can take failed again and again
+            # in the 10-minute soak, and with it the joiner's repairs.
+            self._rate_nacked[h.sender] = self._rate_nacked.get(h.sender, 0) + resent
 
     def _queue_chunk(self, sv: _SnapServe, i: int, target: int) -> None:
         size = self._chunk_size
@@ -1585,8 +1595,12 @@ class Engine:
 
     def _holddown_time(self) -> float:
         """NACKs for a datagram just sent or seen are ignored this long: at least a round
-        trip, so requests already on their way when the repair left are not answered twice."""
-        return max(self.timers.holddown, self._d)
+        trip, so requests already on their way when the repair left are not answered twice.
+        The smoothed round trip here, not the least recent one: on a busy moment peers run
+        late, their NACKs for one loss spread out, and each answered one counts against
+        ``repairs_per_datagram`` (the 10-minute soak lost datagrams for good when the
+        hold-down followed the shorter distance)."""
+        return max(self.timers.holddown, self._d_smooth)
 
     def _update_distance(self) -> None:
         """The group's round trip ``_d``: the median over the peers of the least of their
@@ -1599,6 +1613,8 @@ class Engine:
         rtts = sorted(min(p.rtt_samples) for p in self._peers.values()
                       if p.alive and p.rtt_samples)
         self._d = min(rtts[len(rtts) // 2], 0.25) if rtts else 0.0
+        smooth = sorted(p.rtt for p in self._peers.values() if p.alive and p.rtt is not None)
+        self._d_smooth = min(smooth[len(smooth) // 2], 0.25) if smooth else 0.0
 
     def _best_server(self) -> int:
         """The synced peer that holds the most of what we know exists, for a snapshot."""

@@ -634,3 +634,23 @@ def test_a_peer_with_a_low_rate_still_takes_a_fast_paste_from_a_default_peer():
     assert max(paces) > 2_000_000 * 1.5
     assert slow.engine.stats.rejected_flood == 0
     assert slow.engine.board.digest() == a.engine.board.digest()
+
+
+def test_a_joiner_that_loses_half_of_a_snapshot_slows_the_server_down():
+    """Snapshot chunks a joiner NACKs count as loss for the pacer, as DATA NACKs do: a
+    snapshot paced faster than the joiner can take is slowed, and still arrives."""
+    net = SimNet(45, size=(1280, 720))
+    a = net.add_peer(rate=30_000_000)
+    net.run_for(1.0)
+    img = np.random.default_rng(10).integers(0, 256, (720, 1280, 4), dtype=np.uint8)
+    _paste_and_watch(net, a, img)
+    cuts = a.engine.stats.rate_cuts
+    net.run_for(a.engine.timers.rate_restart + 0.5)
+    late = net.add_peer()
+    late.lossy = 0.5
+    t0 = net.now
+    while late.engine.joining:
+        net.run_for(0.01)
+        assert net.now - t0 < 60, "the join did not finish"
+    assert a.engine.stats.rate_cuts > cuts
+    assert late.engine.board.digest() == a.engine.board.digest()
