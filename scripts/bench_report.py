@@ -238,6 +238,14 @@ cell, no averaging.
     return "\n\n".join(parts) + "\n"
 
 
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plots(data: dict, outdir: Path) -> None:
     import matplotlib
 
@@ -263,9 +271,7 @@ def plots(data: dict, outdir: Path) -> None:
         ax.set_xlabel("peers, all drawing")
     axes[0][0].set_ylabel("latency p99 (ms)")
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(outdir / "strokes_latency.png", dpi=110)
-    plt.close(fig)
+    _save(fig, outdir / "strokes_latency.png")
 
     wls = [w for w in ("image-4", "image-16") if any(r["workload"] == w for r in res)]
     fig, axes = plt.subplots(1, max(1, len(wls)), figsize=(6 * max(1, len(wls)), 3.8),
@@ -289,9 +295,7 @@ def plots(data: dict, outdir: Path) -> None:
         ax.set_title(f"pasted 1920x1080 image, {wl.split('-')[1]} receivers\n"
                      "(x: not all delivered within the timeout)", fontsize=10)
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(outdir / "image_time.png", dpi=110)
-    plt.close(fig)
+    _save(fig, outdir / "image_time.png")
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
     rate = "1gbit" if "1gbit" in rates else rates[0]
@@ -305,9 +309,7 @@ def plots(data: dict, outdir: Path) -> None:
     ax.set_ylabel("sender CPU s (relay: client + server)")
     ax.set_title(f"sending the image, {rate}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(outdir / "sender_cpu.png", dpi=110)
-    plt.close(fig)
+    _save(fig, outdir / "sender_cpu.png")
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
     cases = [w for w in ("strokes-2", "strokes-8", "strokes-16", "image-16")
@@ -325,9 +327,7 @@ def plots(data: dict, outdir: Path) -> None:
     ax.set_ylabel("bytes on the wire per painted pixel")
     ax.set_title(f"all traffic, every host, {rate}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(outdir / "bytes_per_pixel.png", dpi=110)
-    plt.close(fig)
+    _save(fig, outdir / "bytes_per_pixel.png")
 
 
 def write(data: dict, docs: Path) -> None:

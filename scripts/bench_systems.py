@@ -270,6 +270,20 @@ class SocketBlaster:
 # ---------------------------------------------------------------------------- TCP relay
 
 
+def read_frames(sock: socket.socket):
+    """The relay's length-prefixed messages from a TCP connection, until it closes."""
+    f = sock.makefile("rb", buffering=1 << 16)
+    while True:
+        head = f.read(FRAME.size)
+        if len(head) < FRAME.size:
+            return
+        (n,) = FRAME.unpack(head)
+        body = f.read(n)
+        if len(body) < n:
+            return
+        yield body
+
+
 class _Client:
     """One connected client as the relay sees it: a send queue and a writer thread."""
 
@@ -328,17 +342,9 @@ class _RelayHandler(socketserver.BaseRequestHandler):
             for frame in srv.history:
                 me.q.put(frame)
             srv.clients[id(me)] = me
-        f = sock.makefile("rb", buffering=1 << 16)
         try:
-            while True:
-                head = f.read(FRAME.size)
-                if len(head) < FRAME.size:
-                    break
-                (n,) = FRAME.unpack(head)
-                body = f.read(n)
-                if len(body) < n:
-                    break
-                frame = head + body
+            for body in read_frames(sock):
+                frame = FRAME.pack(len(body)) + body
                 with srv.lock:
                     srv.messages += 1
                     if srv.history_bytes + len(frame) <= RELAY_HISTORY_BYTES:
@@ -370,15 +376,7 @@ class RelayLink:
             self.sock.sendall(data)
 
     def _receive(self) -> None:
-        f = self.sock.makefile("rb", buffering=1 << 16)
-        while True:
-            head = f.read(FRAME.size)
-            if len(head) < FRAME.size:
-                return
-            (n,) = FRAME.unpack(head)
-            body = f.read(n)
-            if len(body) < n:
-                return
+        for body in read_frames(self.sock):
             self.rb.receive(body)
 
     def ready(self, peers: int) -> bool:
