@@ -59,7 +59,8 @@ Envelope, version 1 (all integers big-endian; AAD = the 21-byte clear header)
 The canvas size is not repeated in the clear: a peer with the key reads it from the inner
 header after authentication (a clear copy could be forged), and a peer without the key
 only needs to know that a protected board is there (:func:`is_sealed`). A sealed
-datagram is at most ``wire.MAX_DATAGRAM`` bytes, so the plain one at most ``MAX_INNER``.
+datagram is at most ``wire.MAX_DATAGRAM`` bytes, so the plain one at most ``MAX_INNER``
+(a PARITY datagram ``wire.PARITY_EXTRA`` more).
 """
 
 from __future__ import annotations
@@ -392,9 +393,11 @@ class Sealer:
     def seal(self, inner: bytes, now: float | None = None) -> bytes:
         """The sealed datagram for the plain one. ``now`` (wall-clock seconds, optional)
         lets the epoch follow the clock, for receivers that check ``max_age``."""
-        if not 0 < len(inner) <= MAX_INNER:
+        limit = MAX_INNER + (wire.PARITY_EXTRA if inner[3:4] == bytes([wire.MsgType.PARITY])
+                             else 0)
+        if not 0 < len(inner) <= limit:
             raise ValueError(f"datagram of {len(inner)} bytes cannot be sealed "
-                             f"(1..{MAX_INNER} bytes)")
+                             f"(1..{limit} bytes)")
         if now is not None and now >= self.epoch + EPOCH_ROLL:
             self._new_epoch(max(self.epoch + 1, int(now)))
         if self._counter > U32:
@@ -488,9 +491,9 @@ class Opener:
         if outer[2] != wire.VERSION:
             raise VersionError(f"sealed datagram of version {outer[2]}, we speak "
                                f"{wire.VERSION}", outer[2])
-        if n < MIN_SEALED or n > wire.MAX_DATAGRAM:
+        if n < MIN_SEALED or n > wire.MAX_WIRE:
             raise MalformedError(f"sealed datagram of {n} bytes is not in "
-                                 f"{MIN_SEALED}..{wire.MAX_DATAGRAM}")
+                                 f"{MIN_SEALED}..{wire.MAX_WIRE}")
         _, _, _, flags, key_id, transmitter, epoch, counter = OUTER.unpack_from(outer)
         if flags != 0:
             raise MalformedError(f"sealed datagram with unknown flags {flags:#04x}")

@@ -54,7 +54,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from . import seal, store, wire
+from . import fec, seal, store, wire
 from .board import Board
 from .config import DEFAULT_RATE, Config
 from .events import (CursorMoved, Divergence, Event, JoinComplete, OtherBoard, PeerJoined,
@@ -163,6 +163,11 @@ class Stats:
     rejected_spoofed: int = 0  # a peer id heard from another address than its own
     rejected_repair: int = 0  # a "repair" of a datagram nobody said exists
     repairs_refused: int = 0  # NACKs over the per-datagram or per-requester repair budget
+    parity_sent: int = 0  # PARITY datagrams (erasure-coded repairs, see fec.py)
+    parity_received: int = 0
+    parity_rebuilt: int = 0  # DATA datagrams rebuilt from parity
+    ignored_parity: int = 0  # parity for blocks we already hold, or cannot use
+    rejected_parity: int = 0  # parity that is malformed or does not fit its block
     rejoins: int = 0  # multicast group re-joined after a silence
     rate_cuts: int = 0  # pacing rate halved: a receiver missed too much (see _adapt_rate)
     divergences: int = 0  # same datagrams as a peer, another board: its state was merged
@@ -195,6 +200,17 @@ class Source:
     given_up: bool = False
     give_ups: int = 0  # snapshots asked for because of this source, without progress
     finished: int = 0  # the seq of its goodbye: once held up to it, nothing more can come
+    heard: float = -1e9  # when its author last sent us something itself (not a repair)
+
+
+@dataclass
+class _BlockParity:
+    """Parity state of one of our blocks: the next parity index, when parity went out
+    (the last second), and the requests of the current hold-down (time, requester, n)."""
+
+    next: int
+    sent: list[float] = field(default_factory=list)
+    asks: list[tuple[float, int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -313,6 +329,15 @@ class Engine:
         self._repair_rtt = self.timers.retry_initial / 2
         #: seconds from finding a datagram missing to holding it (the latest 10000)
         self.repair_latencies: deque[float] = deque(maxlen=10_000)
+        #: the latest gaps skipped as unrecoverable, for diagnosis: (time, source, first,
+        #: last, datagrams never held, the most any live peer said it held of that source)
+        self.skips: deque[tuple[float, int, int, int, int, int]] = deque(maxlen=256)
+        # Parity: per block of ours, the next parity index and when parity went out;
+        # per (source, block) of others', the parity symbols held until it can be rebuilt.
+        self._parity_out: dict[int, _BlockParity] = {}
+        self._parity_in: dict[tuple[int, int], dict[int, bytes]] = {}
+        self._parity_in_at: dict[tuple[int, int], float] = {}
+        self._parity_count = 0
         self._now = now
         self._control: deque[bytes] = deque()
         self._repairs: deque[bytes] = deque()
@@ -765,7 +790,7 @@ class Engine:
         a glance at the header, nothing checked (a wrong answer only changes the order; on
         a passphrase board the header is sealed and everything keeps its order)."""
         return (self._opener is None and len(data) > 4 and data[:2] == wire.MAGIC
-                and (data[3] == wire.MsgType.NACK
+                and (data[3] in (wire.MsgType.NACK, wire.MsgType.PARITY)
                      or (data[3] == wire.MsgType.DATA and bool(data[4] & wire.FLAG_REPAIR))))
 
     def receive_datagram(self, data: bytes, addr: tuple | None, now: float) -> None:
@@ -887,6 +912,10 @@ class Engine:
             self.stats.rejected_flood += lost
         else:
             self.stats.unrecoverable += lost
+            if lost:
+                said = max((p.holds.get(src.id, 0) for p in self._peers.values() if p.alive),
+                           default=0)
+                self.skips.append((self._now, src.id, src.contiguous + 1, top, lost, said))
         src.contiguous = top
         src.highest = max(src.highest, top)
         for s in [s for s in src.missing if s <= top]:
@@ -1011,6 +1040,8 @@ class Engine:
             if src.anchored and seq > src.contiguous:
                 self._skip(src, seq, refused=True)
             return
+        if not repair:
+            src.heard = now
         if seq <= src.contiguous or seq in src.held:
             self.stats.duplicates += 1
             return
@@ -1060,6 +1091,8 @@ class Engine:
                 self.stats.rejected_records += 1
             self.board.apply(rec, h.sender, seq, idx)
         self._advance(src)
+        if self._parity_in and (h.sender, wire.fec_block(seq)) in self._parity_in:
+            self._rebuild(src, wire.fec_block(seq), now)
 
     def _hold_early_repair(self, src: Source, seq: int, data: bytes, now: float) -> None:
         held = self._early.setdefault(src.id, {})
@@ -1194,8 +1227,7 @@ class Engine:
         self._touch(h, now)
         self.stats.nacks_received += 1
         src = self._sources.get(n.source)
-        author_alive = n.source == self.id or (
-            n.source in self._peers and self._peers[n.source].alive)
+        author_alive = n.source == self.id or self._author_alive(n.source, now)
         if sum(c for _, c in n.ranges) > MAX_NACK_SEQS:
             self.stats.rejected_nack += 1
             return
@@ -1204,9 +1236,28 @@ class Engine:
             self._rate_nacked[requester] = self._rate_nacked.get(requester, 0) + sum(
                 max(0, min(first + count - 1, self._sent_seq) - first + 1)
                 for first, count in n.ranges)
+        answered: set[int] = set()
+        if n.parity:
+            # "Any ``count`` symbols of each of these blocks": the author answers with new
+            # parity; a receiver missing no more of a block than that waits for it.
+            blocks: dict[int, int] = {}
+            for first, count in n.ranges:
+                for seq in range(first, first + count):
+                    b = wire.fec_block(seq)
+                    blocks[b] = blocks.get(b, 0) + 1
+            for b, need in blocks.items():
+                if n.source == self.id:
+                    if self._answer_parity(b, need, requester, now):
+                        answered.add(b)
+                elif src is not None and author_alive:
+                    self._hear_parity_nack(src, b, need, n.attempt, now)
+                    answered.add(b)
         for first, count in n.ranges:
             for seq in range(first, first + count):
                 key = (n.source, seq)
+                if answered and wire.fec_block(seq) in answered:
+                    if n.source == self.id or (src is not None and seq in src.missing):
+                        continue
                 # Someone asked: we need not ask for the same datagram right now.
                 if src is not None and seq in src.missing:
                     m = src.missing[seq]
@@ -1236,6 +1287,188 @@ class Engine:
                 else:
                     self._holder_repairs[key] = now + self.rng.uniform(
                         0, max(self.timers.holder_repair_max, 2 * self._d))
+
+    def _author_alive(self, sid: int, now: float) -> bool:
+        """Is ``sid`` here to answer for its datagrams? A peer alive, or one we have not
+        had a SESSION from yet (it was lost) but heard itself lately."""
+        p = self._peers.get(sid)
+        if p is not None:
+            return p.alive
+        src = self._sources.get(sid)
+        return src is not None and now - src.heard < self.timers.peer_timeout
+
+    def _hear_parity_nack(self, src: Source, b: int, need: int, attempt: int,
+                          now: float) -> None:
+        """Another receiver asked the author for ``need`` symbols of block ``b``: if we need
+        no more than that, the parity it gets will do for us too."""
+        mine = [s for s in range(b * wire.FEC_K + 1, (b + 1) * wire.FEC_K + 1)
+                if s in src.missing]
+        if not mine or self._parity_need(src, b) > need:
+            return
+        for s in mine:
+            m = src.missing[s]
+            m.attempt = max(m.attempt, attempt)
+            m.asked = now
+            m.due = max(m.due, now + self._retry_wait(m.attempt))
+            self.stats.nacks_suppressed += 1
+
+    def _parity_need(self, src: Source, b: int) -> int:
+        """How many more symbols of block ``b`` we need to rebuild it: FEC_K less the
+        datagrams we hold (and still have the bytes of) and the parity we hold."""
+        usable = len(self._parity_in.get((src.id, b), ()))
+        for s in range(b * wire.FEC_K + 1, (b + 1) * wire.FEC_K + 1):
+            if (s <= src.contiguous or s in src.held) and (src.id, s) in self._cache:
+                usable += 1
+        return wire.FEC_K - usable
+
+    def _answer_parity(self, b: int, need: int, requester: int, now: float) -> bool:
+        """Answer a request for ``need`` symbols of our block ``b`` with as many new parity
+        datagrams (less those sent within the hold-down, which are on their way). False
+        if the block cannot be coded (not all sent yet, or no longer cached): the caller
+        then repairs the named datagrams themselves."""
+        k = wire.FEC_K
+        first = b * k + 1
+        if first + k - 1 > self._sent_seq:
+            return False
+        bodies = []
+        for s in range(first, first + k):
+            d = self._cache.get((self.id, s))
+            if d is None:
+                return False
+            bodies.append(d[wire.HEADER.size:])
+        bp = self._parity_out.get(b)
+        if bp is None:
+            if len(self._parity_out) >= MAX_PARITY_BLOCKS:
+                self._prune_parity_out(now)
+                if len(self._parity_out) >= MAX_PARITY_BLOCKS:
+                    return False
+            bp = self._parity_out[b] = _BlockParity(k)
+        # Requests within a hold-down are answered together: each receiver's requests in
+        # it add up (each names other datagrams), and the parity sent in it serves them
+        # all, so it must cover the neediest receiver.
+        hold = self._holddown_time()
+        bp.asks = [a for a in bp.asks if now - a[0] < hold]
+        bp.asks.append((now, requester, need))
+        asked: dict[int, int] = {}
+        for _, r, c in bp.asks:
+            asked[r] = asked.get(r, 0) + c
+        bp.sent = [t for t in bp.sent if now - t < 1.0]
+        extra = min(max(asked.values()), k) - sum(1 for t in bp.sent if now - t < hold)
+        if extra <= 0:
+            self.stats.repairs_held_down += 1
+            return True
+        extra = min(extra, self.timers.repairs_per_datagram * k - len(bp.sent),
+                    MAX_REPAIR_QUEUE - len(self._repairs))
+        if extra <= 0 or not self._requesters.take(requester, extra, now):
+            self.stats.repairs_refused += 1
+            return True
+        span = wire.FEC_N - k
+        idx = [k + (bp.next - k + i) % span for i in range(extra)]
+        bp.next += extra
+        for i, sym in zip(idx, fec.parity(bodies, idx)):
+            self._repairs.append(wire.encode_parity(self.id, self._sent_seq, self.size,
+                                                    wire.Parity(b, i, sym)))
+        self.stats.parity_sent += extra
+        bp.sent.extend([now] * extra)
+        return True
+
+    def _prune_parity_out(self, now: float) -> None:
+        for b in [b for b, bp in self._parity_out.items()
+                  if not bp.sent or now - bp.sent[-1] > 2.0]:
+            del self._parity_out[b]
+
+    def _on_parity(self, h, body, data, now) -> None:
+        p = wire.decode_parity(body)
+        self._touch(h, now)
+        self.stats.parity_received += 1
+        src = self._sources.get(h.sender)
+        last = p.seqs[-1]
+        if last > h.seq:
+            self.stats.rejected_parity += 1  # parity of datagrams it says it has not sent
+            return
+        if (src is None or not src.anchored or last <= src.contiguous
+                or last > src.contiguous + self.timers.receive_window
+                or (self._quarantine and self._quarantined(h.sender, now))):
+            self.stats.ignored_parity += 1
+            return
+        self._announce(src, h.seq, now)
+        if all(s <= src.contiguous or s in src.held for s in p.seqs):
+            self.stats.ignored_parity += 1
+            return
+        key = (h.sender, p.block)
+        held = self._parity_in.get(key)
+        if held is None:
+            if self._parity_count >= MAX_PARITY_HELD:
+                self._expire_parity(now, force=True)
+                if self._parity_count >= MAX_PARITY_HELD:
+                    self.stats.ignored_parity += 1
+                    return
+            held = self._parity_in[key] = {}
+        elif len(next(iter(held.values()))) != len(p.symbol):
+            self.stats.rejected_parity += 1
+            return
+        if p.index in held or len(held) >= wire.FEC_K:
+            self.stats.ignored_parity += 1
+            return
+        held[p.index] = p.symbol
+        self._parity_count += 1
+        self._parity_in_at[key] = now
+        self._rebuild(src, p.block, now)
+
+    def _rebuild(self, src: Source, b: int, now: float) -> None:
+        """Rebuild block ``b`` of ``src`` if we hold enough of its symbols."""
+        key = (src.id, b)
+        pars = self._parity_in.get(key)
+        if not pars:
+            return
+        first = b * wire.FEC_K + 1
+        held: dict[int, bytes] = {}
+        missing = []
+        for pos in range(wire.FEC_K):
+            s = first + pos
+            if s <= src.contiguous or s in src.held:
+                d = self._cache.get((src.id, s))
+                if d is not None:
+                    held[pos] = d[wire.HEADER.size:]
+            else:
+                missing.append(pos)
+        if not missing:
+            self._drop_parity(key)
+            return
+        if len(held) + len(pars) < wire.FEC_K:
+            return
+        self._drop_parity(key)
+        try:
+            bodies = fec.rebuild(held, pars)
+        except wire.DecodeError:
+            self.stats.rejected_parity += 1
+            return
+        for pos in missing:
+            seq = first + pos
+            if seq <= src.contiguous or seq in src.held:
+                continue
+            data = wire.encode_header(wire.MsgType.DATA, src.id, seq, self.size,
+                                      wire.FLAG_REPAIR) + bodies[pos]
+            self.stats.parity_rebuilt += 1
+            self._on_data(wire.decode_header(data), memoryview(data)[wire.HEADER.size:], data,
+                          now)
+
+    def _drop_parity(self, key: tuple[int, int]) -> None:
+        held = self._parity_in.pop(key, None)
+        self._parity_in_at.pop(key, None)
+        if held:
+            self._parity_count -= len(held)
+
+    def _expire_parity(self, now: float, force: bool = False) -> None:
+        """Parity kept past PARITY_KEEP (or, when ``force``, the older half) is dropped."""
+        if not self._parity_in_at:
+            return
+        limit = now - PARITY_KEEP
+        if force:
+            ages = sorted(self._parity_in_at.values())
+            limit = max(limit, ages[len(ages) // 2])
+        for key in [k for k, t in self._parity_in_at.items() if t <= limit]:
+            self._drop_parity(key)
 
     def _repair_allowed(self, key: tuple[int, int], requester: int, now: float) -> bool:
         """NACK amplification: each datagram is repaired at most ``repairs_per_datagram``
@@ -1638,8 +1871,36 @@ class Engine:
         if not due:
             return
         t = self.timers
+        k = wire.FEC_K
+        # A whole block the author has sent can be repaired with parity: ask for as many
+        # symbols as we lack, naming that many of its missing datagrams (the author, alive,
+        # answers with new parity; anyone else would repair the named ones).
+        coded = self._author_alive(src.id, now)
+        mode: dict[int, bool] = {}
+        plain: list[int] = []
+        parity: list[int] = []
         attempt = 1
+        named: dict[int, int] = {}
         for s in due:
+            b = wire.fec_block(s)
+            if b not in mode:
+                mode[b] = False
+                if coded and (b + 1) * k <= src.highest:
+                    need = self._parity_need(src, b)
+                    missing = sum(1 for x in range(b * k + 1, (b + 1) * k + 1)
+                                  if x in src.missing)
+                    if 0 < need <= missing:
+                        mode[b] = True
+                        named[b] = need
+            if mode[b]:
+                # Only due ones are named (others may still be on their way, when a third
+                # party's report ran ahead of them); the author adds up our requests. Due
+                # ones beyond the need are covered by the parity we hold.
+                if named[b] > 0:
+                    named[b] -= 1
+                    parity.append(s)
+            else:
+                plain.append(s)
             m = src.missing[s]
             m.attempt += 1
             m.asked = now
@@ -1648,11 +1909,13 @@ class Engine:
         if attempt > t.max_attempts:
             self._give_up(src, len(src.missing), now)
             return
-        ranges = wire.ranges_of(due)
-        for i in range(0, len(ranges), wire.MAX_NACK_RANGES):
-            nack = wire.Nack(src.id, attempt, tuple(ranges[i:i + wire.MAX_NACK_RANGES]))
-            self._control.append(wire.encode_nack(self.id, self._sent_seq, self.size, nack))
-            self.stats.nacks_sent += 1
+        for seqs, coded_nack in ((plain, False), (sorted(parity), True)):
+            ranges = wire.ranges_of(seqs)
+            for i in range(0, len(ranges), wire.MAX_NACK_RANGES):
+                nack = wire.Nack(src.id, attempt, tuple(ranges[i:i + wire.MAX_NACK_RANGES]),
+                                 coded_nack)
+                self._control.append(wire.encode_nack(self.id, self._sent_seq, self.size, nack))
+                self.stats.nacks_sent += 1
 
     def _send_session(self, now: float, probe: bool = False) -> None:
         flags = (wire.SESSION_JOINING if self.joining else 0) | (wire.SESSION_PROBE if probe else 0)
@@ -1715,6 +1978,8 @@ class Engine:
             del self._holddown[k]
         self._prune_repaired(now)
         self._expire_early_repairs(now)
+        self._expire_parity(now)
+        self._prune_parity_out(now)
         self._flood.prune(now)
         self._requesters.prune(now)
         for pid in [pid for pid, t in self._ae_asked.items()
@@ -1744,6 +2009,7 @@ class Engine:
         wire.MsgType.SNAP_CHUNK: _on_snap_chunk,
         wire.MsgType.SNAP_NACK: _on_snap_nack,
         wire.MsgType.CURSOR: _on_cursor,
+        wire.MsgType.PARITY: _on_parity,
     }
 
 
@@ -1757,6 +2023,11 @@ GIVE_UPS = 3
 #: Repairs held until we learn their datagram exists: at most this many, this far ahead.
 MAX_EARLY_REPAIRS = 2048
 EARLY_REPAIR_AHEAD = 2048
+#: Parity symbols held for blocks not yet rebuilt (about 1.2 KB each), and for how long;
+#: blocks of ours with parity state.
+MAX_PARITY_HELD = 4096
+PARITY_KEEP = 5.0
+MAX_PARITY_BLOCKS = 4096
 _TYPES = frozenset(int(t) for t in wire.MsgType)
 #: Pastes of more pixels than this are encoded as they are sent; ENCODE_AHEAD datagrams
 #: are kept ready for the pacer.

@@ -34,7 +34,8 @@ from .ops import Clear, Color, Image, Paint, Record, StrokePath, Toggle
 
 MAGIC = b"PB"
 #: 2: SESSION carries a timestamp, per-source echoes (lag) and the anti-entropy digest.
-VERSION = 2
+#: 3: PARITY (erasure-coded repairs) and the NACK's parity flag.
+VERSION = 3
 #: Largest UDP payload we send or accept: survives VPNs, tunnels and Wi-Fi unfragmented.
 MAX_DATAGRAM = 1200
 
@@ -84,11 +85,24 @@ NACK_HEAD = struct.Struct("!IBB")  # source attempt n_ranges
 RANGE = struct.Struct("!IH")  # first count
 MAX_NACK_RANGES = 64
 MAX_RANGE_COUNT = 4096
+NACK_PARITY = 0x80  # in the attempt byte: "any N datagrams of these blocks will do"
 SNAP_REQ = struct.Struct("!II")  # req_id target
 SNAP_META = struct.Struct("!IIIIH")  # target req_id snap_id total_len chunk_size
 SNAP_CHUNK = struct.Struct("!III")  # target snap_id index ; then bytes
 SNAP_NACK_HEAD = struct.Struct("!IIB")  # server snap_id n_ranges
 CURSOR = struct.Struct("!HHB")  # x y flags
+#: Parity repairs: a source's DATA datagrams are grouped in blocks of FEC_K by number
+#: (block b holds seqs b*FEC_K+1 .. b*FEC_K+FEC_K); a PARITY datagram carries one
+#: Reed-Solomon combination of a block's symbols (zfec, systematic, indices FEC_K..255).
+#: A symbol is a DATA datagram's body with its 2-byte length in front, zero-padded to
+#: the block's longest.
+FEC_K = 16
+FEC_N = 256
+PARITY = struct.Struct("!IBBH")  # block k index symbol_len ; then the symbol
+PARITY_EXTRA = PARITY.size + 2
+#: A PARITY datagram may exceed MAX_DATAGRAM by this much (1210 bytes: still below the
+#: 1232 bytes that IPv6 guarantees unfragmented on any path).
+MAX_WIRE = MAX_DATAGRAM + PARITY_EXTRA
 MAX_SNAPSHOT = 256 << 20
 SNAP_CHUNK_SIZE = BODY_BUDGET - SNAP_CHUNK.size
 #: Smallest chunk size an offer may announce (ours are SNAP_CHUNK_SIZE, less the sealed
@@ -111,6 +125,7 @@ class MsgType(enum.IntEnum):
     SNAP_CHUNK = 8
     SNAP_NACK = 9
     CURSOR = 10
+    PARITY = 11
 
 
 class DecodeError(ValueError):
@@ -157,6 +172,20 @@ class Nack:
     source: int  #: whose datagrams are missing
     attempt: int  #: 1 for the first request; later attempts invite other holders to repair
     ranges: tuple[tuple[int, int], ...]  #: (first seq, count)
+    #: The ranges name, per block of FEC_K, only how many symbols the requester still
+    #: needs: the author may answer with that many new PARITY datagrams instead.
+    parity: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Parity:
+    block: int
+    index: int  #: FEC_K .. FEC_N - 1
+    symbol: bytes
+
+    @property
+    def seqs(self) -> range:
+        return range(self.block * FEC_K + 1, self.block * FEC_K + FEC_K + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,9 +239,10 @@ def encode_header(mtype: int, sender: int, seq: int, size: tuple[int, int], flag
 def decode_header(data: bytes) -> Header:
     if len(data) < HEADER.size:
         raise DecodeError(f"datagram of {len(data)} bytes is shorter than the {HEADER.size}-byte header")
-    if len(data) > MAX_DATAGRAM:
-        raise DecodeError(f"datagram of {len(data)} bytes is over the {MAX_DATAGRAM}-byte limit")
     magic, version, mtype, flags, sender, seq, width, height = HEADER.unpack_from(data)
+    limit = MAX_WIRE if mtype == MsgType.PARITY else MAX_DATAGRAM
+    if len(data) > limit:
+        raise DecodeError(f"datagram of {len(data)} bytes is over the {limit}-byte limit")
     if magic != MAGIC:
         raise DecodeError(f"bad magic {magic!r}")
     return Header(version, mtype, flags, sender, seq, width, height)
@@ -675,8 +705,9 @@ def _decode_ranges(body: bytes, pos: int, n: int) -> tuple[tuple[int, int], ...]
 
 def encode_nack(sender: int, seq: int, size, n: Nack) -> bytes:
     ranges = n.ranges[:MAX_NACK_RANGES]
+    attempt = min(n.attempt, 0x7F) | (NACK_PARITY if n.parity else 0)
     return (encode_header(MsgType.NACK, sender, seq, size)
-            + NACK_HEAD.pack(n.source, min(n.attempt, 255), len(ranges)) + _encode_ranges(ranges))
+            + NACK_HEAD.pack(n.source, attempt, len(ranges)) + _encode_ranges(ranges))
 
 
 def decode_nack(body) -> Nack:
@@ -684,7 +715,43 @@ def decode_nack(body) -> Nack:
     if len(body) < NACK_HEAD.size:
         raise DecodeError("NACK truncated")
     source, attempt, n = NACK_HEAD.unpack_from(body)
-    return Nack(source, attempt, _decode_ranges(body, NACK_HEAD.size, n))
+    return Nack(source, attempt & 0x7F, _decode_ranges(body, NACK_HEAD.size, n),
+                bool(attempt & NACK_PARITY))
+
+
+def fec_block(seq: int) -> int:
+    return (seq - 1) // FEC_K
+
+
+def fec_symbol(body: bytes, length: int) -> bytes:
+    """A DATA body as a symbol of ``length`` bytes: its length, the body, zeros."""
+    return len(body).to_bytes(2, "big") + body + bytes(length - 2 - len(body))
+
+
+def fec_body(symbol: bytes) -> bytes:
+    """The DATA body a decoded symbol holds; DecodeError if its length cannot be."""
+    n = int.from_bytes(symbol[:2], "big")
+    if n > len(symbol) - 2 or n == 0:
+        raise DecodeError(f"symbol of {len(symbol)} bytes says its body has {n}")
+    return bytes(symbol[2:2 + n])
+
+
+def encode_parity(sender, seq, size, p: Parity) -> bytes:
+    return (encode_header(MsgType.PARITY, sender, seq, size)
+            + PARITY.pack(p.block, FEC_K, p.index, len(p.symbol)) + p.symbol)
+
+
+def decode_parity(body) -> Parity:
+    if len(body) < PARITY.size + 3:
+        raise DecodeError(f"parity of {len(body)} bytes")
+    block, k, index, n = PARITY.unpack_from(body)
+    if k != FEC_K or not FEC_K <= index < FEC_N:
+        raise DecodeError(f"parity {index} of a block of {k}")
+    if n != len(body) - PARITY.size or n > BODY_BUDGET + 2:
+        raise DecodeError(f"parity symbol of {len(body) - PARITY.size} bytes says {n}")
+    if block >= (0xFFFFFFFF // FEC_K):
+        raise DecodeError(f"parity for block {block}")
+    return Parity(block, index, bytes(body[PARITY.size:]))
 
 
 def encode_snap_req(sender, seq, size, r: SnapReq) -> bytes:

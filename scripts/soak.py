@@ -110,6 +110,8 @@ class PeerProc:
     rss: list[tuple[float, int]] = field(default_factory=list)  # (t, kB)
     cpu_ticks: int = 0
     ended: str = ""  # how it ended: killed, left, final
+    ended_at: float = 0.0
+    skips: list = field(default_factory=list)  # gaps it skipped (Engine.skips)
     stats: dict | None = None
     drawn: dict = field(default_factory=dict)  # what its scribbler did (final peers)
     pen_down: bool = False  # in the middle of a stroke (from its pen events)
@@ -287,7 +289,7 @@ class Soak:
         p = self.current[i]
         p.proc.send_signal(signal.SIGKILL)
         p.proc.wait()
-        p.ended = "killed"
+        p.ended, p.ended_at = "killed", self.now()
         self.current[i] = None
         self.restart_at[i] = self.now() + self.rng.uniform(*self.plan.kill_down)
         self.fault_counts["kill"] += 1
@@ -301,7 +303,7 @@ class Soak:
             p.send("quit")
         except PeerError:
             pass
-        p.ended = "left"
+        p.ended, p.ended_at = "left", self.now()
         self.leaving.append(p)
         self.current[i] = None
         self.restart_at[i] = self.now() + self.rng.uniform(*self.plan.leave_down)
@@ -325,6 +327,7 @@ class Soak:
                     break
                 if msg and msg.get("event") == "stats":
                     p.stats = msg["stats"]
+                    p.skips = msg.get("skips", [])
 
     # -- network faults
 
@@ -484,6 +487,7 @@ class Soak:
             p.send("stats")
             msg = p.expect("stats", 60)
             p.stats = msg["stats"]
+            p.skips = msg.get("skips", [])
             p.drawn = msg["drawn"]
             p.send("mem")
             p.mem = p.expect("mem", 60)["mem"]
@@ -554,6 +558,19 @@ class Soak:
         unrecovered = (sum(int(p.stats.get("unrecoverable", 0)) for p in final + left)
                        + sum(int(p.stats.get("behind", p.stats.get("missing", 0)))
                              for p in final))
+        # Who skipped what, whose it was, and what had become of its author then.
+        by_id = {p.id: p for p in self.all if p.id}
+        skips = []
+        for p in final + left:
+            for t, sid, first, last, lost, said in p.skips:
+                a = by_id.get(sid)
+                skips.append({
+                    "at_s": round(t - self.t0, 1), "peer": p.label,
+                    "author": a.label if a else f"{sid:08x}",
+                    "author_end": f"{a.ended or 'final'}"
+                                  + (f" at {a.ended_at:.1f} s" if a and a.ended_at else "")
+                    if a else "unknown",
+                    "seqs": f"{first}-{last}", "never_held": lost, "most_held_by_a_peer": said})
         drawn: dict[str, int] = {}
         for p in final:
             for k, v in p.drawn.items():
@@ -563,6 +580,7 @@ class Soak:
             "divergent_per_peer": per_peer,
             "distinct_boards": len(counts),
             "unrecovered_gaps": unrecovered,
+            "skips": sorted(skips, key=lambda k: k["at_s"]),
             "all_synced": all(s["synced"] for s in syncs.values()),
             "sync_failures": {f"h{h}": s["why"] for h, s in syncs.items() if not s["synced"]},
             "sync_seconds": round(sync_time, 1),
@@ -700,6 +718,15 @@ def render(res: dict) -> str:
               "| counter | total |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in t.items()]
     lines += [f"| {k} | {v} |" for k, v in sorted(r["rejected"].items())]
+    if r.get("skips"):
+        lines += ["", "Gaps skipped as unrecoverable (who skipped them, whose datagrams, what "
+                  "had become of their author, and the most any live peer then said it held "
+                  "of that author's datagrams):", "",
+                  "| at s | peer | author | author ended | seqs | never held | most held by a peer |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {k['at_s']} | {k['peer']} | {k['author']} | {k['author_end']} | "
+                  f"{k['seqs']} | {k['never_held']} | {k['most_held_by_a_peer']} |"
+                  for k in r["skips"]]
     lines += ["", f"Drawn by the peers present at the end: {r['drawn_by_final_peers']}; "
               f"{r['painted_pixels']} pixels of the final board are not background-coloured.",
               "", "Memory per peer process (VmRSS sampled every second; `h2.3` is the third "

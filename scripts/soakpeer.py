@@ -181,7 +181,8 @@ async def main(argv=None) -> None:
                 behind = sum(max(0, src.highest - src.contiguous - len(src.held))
                              for src in e._sources.values())
                 out(event="stats", stats={**board.stats, "behind": behind},
-                    drawn=scribbler.counts if scribbler else {})
+                    drawn=scribbler.counts if scribbler else {},
+                    skips=[list(k) for k in e.skips])
         if scribbler is not None:
             scribbler.running = False
             await task

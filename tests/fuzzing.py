@@ -3,7 +3,7 @@
 * :func:`corpus` runs a few real :class:`~p2pboard.session.Engine` peers on a tiny
   zero-latency network (no sockets, virtual time) and records every datagram they send:
   DATA with every record kind and pixel encoding, repairs, HEARTBEAT, SESSION, NACK,
-  GOODBYE, SNAP_REQ, SNAP_META, SNAP_CHUNK, SNAP_NACK and CURSOR. These are the seeds that
+  GOODBYE, SNAP_REQ, SNAP_META, SNAP_CHUNK, SNAP_NACK, CURSOR and PARITY. These are the seeds that
   fuzzers mutate.
 * :func:`base` gives engines to feed: ``member``, a synced peer that saw all of it, and
   ``joiner``, a peer that has just asked for the board (so recorded snapshot offers and
@@ -158,6 +158,21 @@ def _scenario():
     a.stroke([(0, 63), (95, 0)], 8, (6, 6, 6, 255), net.now)
     net.run(0.002)
     a.stroke([(50, 0), (50, 63)], 8, (7, 7, 7, 255), net.now)
+    net.run(0.2)
+    # Parity: B misses two datagrams of a whole block of A's; A answers with PARITY.
+    count = {"n": 0}
+
+    def drop_two(s, r, d):
+        if s == A and r == B and d[3] == wire.MsgType.DATA and not d[4] & wire.FLAG_REPAIR:
+            count["n"] += 1
+            return count["n"] in (20, 22)
+        return False
+
+    net.drop = drop_two
+    for seed in (5, 6):
+        noise = np.random.default_rng(seed).integers(0, 256, (H, W, 4), dtype=np.uint8)
+        a.paste(noise, 0, 0, net.now)
+        net.run(0.05)
     net.run(0.2)
     # A late joiner; its first snapshot chunk is lost, so it sends a SNAP_NACK.
     net.drop = None

@@ -139,7 +139,7 @@ class SimNet:
             t.data_sent += 1
         if mtype == wire.MsgType.NACK:
             t.nacks += 1
-        if repair:
+        if repair or mtype == wire.MsgType.PARITY:
             t.repairs += 1
         lost_here = 0
         if rng.random() < f.sender_loss:

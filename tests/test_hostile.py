@@ -188,3 +188,39 @@ def test_a_forged_repair_of_the_next_datagram_cannot_preempt_the_authors_own():
     net.settle()
     assert e.board.digest() == a.engine.board.digest() == b.engine.board.digest()
     assert not ((e.board.stamps >> 32) == (1 << 24)).any()  # the forgery never applied
+
+
+def test_forged_and_inconsistent_parity_is_refused_and_changes_nothing():
+    net = SimNet(41)
+    a, b = start(net, 2)
+    rng = random.Random(2)
+    for _ in range(40):  # more than a block of a's datagrams
+        scribble(net, a, rng)
+        net.run_for(0.003)
+    net.settle()
+    good = b.engine.board.digest()
+    e, aid, size = b.engine, a.engine.id, (W, H)
+    sym = bytes(100)
+    top = a.engine.seq
+
+    def parity(block, index=wire.FEC_K, seq=top, symbol=sym):
+        return wire.encode_parity(aid, seq, size, wire.Parity(block, index, symbol))
+
+    # from another address than a's: refused like any other spoofed message
+    e.receive_datagram(parity(0), ATTACKER, net.now)
+    assert e.stats.rejected_spoofed == 1
+    # from a's address, for datagrams a has not sent (its header says so): refused
+    e.receive_datagram(parity(top // wire.FEC_K + 5, seq=top), a.addr, net.now)
+    assert e.stats.rejected_parity == 1
+    # for a block b holds already: ignored
+    e.receive_datagram(parity(0), a.addr, net.now)
+    assert e.stats.ignored_parity == 1
+    assert e.missing_count() == 0 and e.board.digest() == good
+    # two symbols of one block that cannot belong together: the second is refused
+    nxt = top // wire.FEC_K + 1
+    late = nxt * wire.FEC_K + wire.FEC_K
+    e.receive_datagram(parity(nxt, seq=late), a.addr, net.now)
+    e.receive_datagram(parity(nxt, index=wire.FEC_K + 1, seq=late, symbol=bytes(50)), a.addr,
+                       net.now)
+    assert e.stats.rejected_parity == 2
+    assert e.board.digest() == good

@@ -287,3 +287,48 @@ def test_a_short_stroke_beyond_16_bit_coordinates_goes_as_pixels():
     assert pieces and all(rec[0] == wire.REC_PAINT for rec, _ in pieces)
     union = np.unique(np.concatenate([decode([rec])[0].index for rec, _ in pieces]))
     assert np.array_equal(union, raster.stroke_pixels([(10, 10), (40000, 10), (20, 20)], 5, W, H))
+
+
+def test_parity_and_the_nacks_parity_flag_round_trip():
+    p = wire.Parity(12345, wire.FEC_K + 3, bytes(range(200)))
+    d = wire.encode_parity(ME, 99, SIZE, p)
+    h = wire.decode_header(d)
+    assert (h.type, h.sender, h.seq) == (wire.MsgType.PARITY, ME, 99)
+    assert wire.decode_parity(d[wire.HEADER.size:]) == p
+    assert list(p.seqs) == list(range(12345 * 16 + 1, 12346 * 16 + 1))
+    n = wire.Nack(7, 5, ((10, 3),), parity=True)
+    assert wire.decode_nack(wire.encode_nack(ME, 1, SIZE, n)[wire.HEADER.size:]) == n
+    plain = wire.Nack(7, 5, ((10, 3),))
+    assert wire.decode_nack(wire.encode_nack(ME, 1, SIZE, plain)[wire.HEADER.size:]) == plain
+
+
+def test_only_parity_may_exceed_max_datagram_and_by_no_more_than_its_extra():
+    longest = wire.encode_parity(ME, 1, SIZE, wire.Parity(0, 16, bytes(wire.BODY_BUDGET + 2)))
+    assert len(longest) == wire.MAX_WIRE
+    wire.decode_header(longest)
+    with pytest.raises(wire.DecodeError):
+        wire.decode_header(longest + b"x")
+    data = wire.encode_header(wire.MsgType.DATA, ME, 1, SIZE) + bytes(wire.BODY_BUDGET + 1)
+    with pytest.raises(wire.DecodeError):
+        wire.decode_header(data)
+
+
+@pytest.mark.parametrize("body", [
+    b"",
+    wire.PARITY.pack(1, 16, 16, 3) + b"ab",  # symbol shorter than it says
+    wire.PARITY.pack(1, 8, 16, 3) + b"abc",  # another block size
+    wire.PARITY.pack(1, 16, 15, 3) + b"abc",  # a data index, not a parity one
+    wire.PARITY.pack(1, 16, 16, 2000) + bytes(2000),  # longer than any body
+    wire.PARITY.pack(0xFFFFFFFF, 16, 16, 3) + b"abc",  # seqs past 2^32
+])
+def test_malformed_parity_raises_decodeerror(body):
+    with pytest.raises(wire.DecodeError):
+        wire.decode_parity(body)
+
+
+def test_a_symbol_that_says_a_body_longer_than_itself_raises():
+    with pytest.raises(wire.DecodeError):
+        wire.fec_body(b"\x00\x09abc")
+    with pytest.raises(wire.DecodeError):
+        wire.fec_body(b"\x00\x00abc")
+    assert wire.fec_body(wire.fec_symbol(b"abc", 10)) == b"abc"
