@@ -1010,7 +1010,13 @@ class Engine:
         src.given_up = True
         src.give_ups += 1
         self._events.append(Unrecoverable(src.id, count))
-        if src.give_ups > GIVE_UPS:
+        if src.give_ups > GIVE_UPS and src.give_ups <= MAX_GIVE_UPS and self._can_fill(src, now):
+            # Its author is here, or a peer says it holds more of it than we do (from the
+            # datagrams, or from a snapshot): the gap can still be filled, by NACKs once
+            # a partition heals or a loaded author catches up, or by that peer's snapshot.
+            # (The 10-minute soak skipped such gaps and ended with divergent boards.)
+            pass
+        elif src.give_ups > GIVE_UPS:
             # Nobody holds them: skip the whole gap (not only the numbers we enumerated:
             # a gap beyond snapshot_gap never was), counting what was never held.
             src.given_up = False
@@ -1019,6 +1025,11 @@ class Engine:
             return
         src.missing.clear()
         self._start_fetch(now, target=self._holder_of(src))
+
+    def _can_fill(self, src: Source, now: float) -> bool:
+        return self._author_alive(src.id, now) or any(
+            p.alive and not p.joining and p.holds.get(src.id, 0) > src.contiguous
+            for p in self._peers.values())
 
     def _on_data(self, h: wire.Header, body, data: bytes, now: float) -> None:
         repair = bool(h.flags & wire.FLAG_REPAIR)
@@ -2018,8 +2029,10 @@ UNDO_DEPTH = 200
 #: A NACK may ask for at most this many datagrams; more is an amplification attempt.
 MAX_NACK_SEQS = 2048
 MAX_REPAIR_QUEUE = 8192
-#: Snapshots asked for one source's gaps before they are declared lost.
+#: Snapshots asked for one source's gaps before they are declared lost; up to
+#: MAX_GIVE_UPS while its author is alive or a peer says it holds them.
 GIVE_UPS = 3
+MAX_GIVE_UPS = 12
 #: Repairs held until we learn their datagram exists: at most this many, this far ahead.
 MAX_EARLY_REPAIRS = 2048
 EARLY_REPAIR_AHEAD = 2048
