@@ -164,6 +164,7 @@ class Stats:
     rejected_repair: int = 0  # a "repair" of a datagram nobody said exists
     repairs_refused: int = 0  # NACKs over the per-datagram or per-requester repair budget
     parity_sent: int = 0  # PARITY datagrams (erasure-coded repairs, see fec.py)
+    parity_proactive: int = 0  # of those, sent with a block before anyone asked
     parity_received: int = 0
     parity_rebuilt: int = 0  # DATA datagrams rebuilt from parity
     ignored_parity: int = 0  # parity for blocks we already hold, or cannot use
@@ -209,7 +210,8 @@ class _BlockParity:
     (the last second), and the requests of the current hold-down (time, requester, n)."""
 
     next: int
-    sent: list[float] = field(default_factory=list)
+    sent: list[float] = field(default_factory=list)  # answers to NACKs (not proactive)
+    proactive_at: float = -1e9
     asks: list[tuple[float, int, int]] = field(default_factory=list)
 
 
@@ -348,6 +350,12 @@ class Engine:
         self._rate_window_at = now
         self._rate_sent = 0  # our fresh DATA sent in this window
         self._rate_nacked: dict[int, int] = {}  # requester -> our numbers it NACKed first
+        # Proactive parity (see _adapt_parity): symbols sent with each of our blocks as it
+        # completes, and this window's blocks completed and blocks NACKed per requester.
+        self.proactive = 0
+        self._par_blocks = 0
+        self._par_nacked: dict[int, tuple[int, int]] = {}  # requester -> (named, blocks)
+        self._par_quiet = 0
         self._backlog_at = -1e9  # last time data waited for the pacer
         #: set by the edge while the socket's send buffer is full: only control messages and
         #: repairs are released (the link, not the pacer, sets the pace then)
@@ -427,6 +435,12 @@ class Engine:
                 if q is self._data and d[3] == wire.MsgType.DATA:
                     self._sent_seq = int.from_bytes(d[9:13], "big")
                     self._rate_sent += 1
+                    if self._sent_seq % wire.FEC_K == 0:
+                        self._par_blocks += 1
+                        if self._par_blocks >= PROACTIVE_SAMPLE:
+                            self._adapt_parity()
+                        if self.proactive:
+                            self._send_proactive(wire.fec_block(self._sent_seq))
                 elif q is self._bulk:
                     self._rate_sent += 1  # snapshot chunks: their loss counts too
                     if not q:
@@ -475,6 +489,54 @@ class Engine:
             self.stats.rate_cuts += 1
         elif backlogged:
             self._set_pace(self.pace * t.rate_up)
+
+    def _adapt_parity(self) -> None:
+        """Proactive parity, NORM's "auto parity" made adaptive. Every PROACTIVE_SAMPLE
+        blocks we complete are a sample. If some receiver still had to NACK two or more of
+        them, the blocks go out with more parity symbols: the fewest that would leave a
+        receiver with its loss rate short in at most PROACTIVE_MISS of blocks (binomial;
+        the rate counted from what it named plus the proactive symbols it used), and at
+        least one more. After PROACTIVE_DECAY samples in a row without, half as many. With loss, most receivers rebuild a block as soon as it has arrived, without
+        a round trip; without loss nothing extra goes out (a stray request for a datagram
+        still on its way is one block, not a rate)."""
+        blocks = self._par_blocks
+        if blocks < PROACTIVE_SAMPLE:
+            return
+        p = self.proactive
+        nacked = [(named, nb) for named, nb in self._par_nacked.values() if nb > 1]
+        self._par_blocks = 0
+        self._par_nacked.clear()
+        if nacked:
+            rate = max((named + p * nb) / (blocks * wire.FEC_K) for named, nb in nacked)
+            self.proactive = min(PROACTIVE_MAX, max(p + 1, _parity_for(rate)))
+            self._par_quiet = 0
+        else:
+            self._par_quiet += 1
+            if self._par_quiet >= PROACTIVE_DECAY:
+                self.proactive //= 2
+                self._par_quiet = 0
+
+    def _send_proactive(self, b: int) -> None:
+        bodies = []
+        for s in range(b * wire.FEC_K + 1, (b + 1) * wire.FEC_K + 1):
+            d = self._cache.get((self.id, s))
+            if d is None:
+                return
+            bodies.append(d[wire.HEADER.size:])
+        bp = self._parity_out.get(b)
+        if bp is None:
+            if len(self._parity_out) >= MAX_PARITY_BLOCKS:
+                return
+            bp = self._parity_out[b] = _BlockParity(wire.FEC_K)
+        k, span = wire.FEC_K, wire.FEC_N - wire.FEC_K
+        idx = [k + (bp.next - k + i) % span for i in range(self.proactive)]
+        bp.next += self.proactive
+        bp.proactive_at = self._now
+        for i, sym in zip(idx, fec.parity(bodies, idx)):
+            self._repairs.append(wire.encode_parity(self.id, self._sent_seq, self.size,
+                                                    wire.Parity(b, i, sym)))
+        self.stats.parity_sent += self.proactive
+        self.stats.parity_proactive += self.proactive
 
     def _set_pace(self, rate: float) -> None:
         self.pace = min(float(self.config.rate), max(self.timers.min_rate, rate))
@@ -1243,6 +1305,12 @@ class Engine:
             self.stats.rejected_nack += 1
             return
         requester = h.sender
+        if n.source == self.id and n.parity and n.attempt == 1 and len(self._par_nacked) < 4096:
+            named, nb = self._par_nacked.get(requester, (0, 0))
+            self._par_nacked[requester] = (
+                named + sum(c for _, c in n.ranges),
+                nb + len({b for f, c in n.ranges
+                          for b in range(wire.fec_block(f), wire.fec_block(f + c - 1) + 1)}))
         if n.source == self.id and n.attempt == 1 and len(self._rate_nacked) < 4096:
             self._rate_nacked[requester] = self._rate_nacked.get(requester, 0) + sum(
                 max(0, min(first + count - 1, self._sent_seq) - first + 1)
@@ -2041,6 +2109,28 @@ EARLY_REPAIR_AHEAD = 2048
 MAX_PARITY_HELD = 4096
 PARITY_KEEP = 5.0
 MAX_PARITY_BLOCKS = 4096
+#: Proactive parity (Engine._adapt_parity): at most this many symbols per block, chosen
+#: so that the lossiest receiver is short in at most PROACTIVE_MISS of blocks, judged over
+#: samples of PROACTIVE_SAMPLE blocks; halved after PROACTIVE_DECAY quiet samples.
+PROACTIVE_MAX = 8
+PROACTIVE_MISS = 0.02
+PROACTIVE_SAMPLE = 16
+PROACTIVE_DECAY = 2
+
+
+def _parity_for(rate: float) -> int:
+    """The fewest parity symbols per block for which a receiver losing ``rate`` of the
+    datagrams misses more than them in at most PROACTIVE_MISS of blocks."""
+    if rate <= 0:
+        return 0
+    rate = min(rate, 0.5)
+    for q in range(PROACTIVE_MAX + 1):
+        n = wire.FEC_K + q
+        short = 1.0 - sum(math.comb(n, i) * rate ** i * (1 - rate) ** (n - i)
+                          for i in range(q + 1))
+        if short <= PROACTIVE_MISS:
+            return q
+    return PROACTIVE_MAX
 _TYPES = frozenset(int(t) for t in wire.MsgType)
 #: Pastes of more pixels than this are encoded as they are sent; ENCODE_AHEAD datagrams
 #: are kept ready for the pacer.

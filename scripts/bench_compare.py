@@ -271,11 +271,14 @@ def run_system(lan: Lan, wl: Workload, system: str, rate: str, port: int,
             want = [total - o for o in own]
             last_progress, last = time.monotonic(), None
             while True:
-                st = [p.ask("status", "status") for p in procs]
+                # p2pboard peers hash their canvas only once progress stalls (to tell a
+                # board completed by a snapshot, whose records never pass through apply)
+                full = system == "p2pboard" and time.monotonic() - last_progress > 0.25
+                st = [p.ask("status full" if full else "status", "status") for p in procs]
                 got = [x["remote"] for x in st]
                 if all(g >= w for g, w in zip(got, want)):
                     break
-                if system == "p2pboard" and all(x["synced"] for x in st) and \
+                if full and all(x["synced"] for x in st) and \
                         len({x["digest"] for x in st}) == 1:
                     got = want  # the rest came in snapshots
                     break

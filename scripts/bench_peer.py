@@ -127,10 +127,14 @@ class P2pPeer(Common):
                 out(event="drawn", own=self.own())
             elif cmd == "status":
                 # records that came in a snapshot (after a gap too large to NACK) never pass
-                # through apply: a synced board's digest tells that it holds them all
+                # through apply: a synced board's digest tells that it holds them all. The
+                # digest (a hash of the whole canvas, several ms) only when asked for
+                # ("status full"): polled during the transfer, it took CPU from the peer
+                # under test.
                 synced = self.board.engine.synced()
+                full = synced and len(line) > 1
                 out(event="status", remote=self.remote, own=self.own(), synced=synced,
-                    digest=self.board.digest() if synced else None)
+                    digest=self.board.digest() if full else None)
             elif cmd == "join":
                 t0 = time.monotonic()
                 self.cpu_go, self.t_go = cpu_seconds(), t0
