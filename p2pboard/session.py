@@ -185,6 +185,9 @@ class Miss:
     attempt: int  # NACKs sent or heard so far
     detected: float
     asked: float = 0.0  # when the last NACK for it was sent or heard
+    #: known only from a third party's report while datagrams waited in our receive
+    #: queue: it may be among them, so it is not NACKed until the queue is empty
+    soft: bool = False
 
 
 @dataclass
@@ -334,6 +337,8 @@ class Engine:
         #: the latest gaps skipped as unrecoverable, for diagnosis: (time, source, first,
         #: last, datagrams never held, the most any live peer said it held of that source)
         self.skips: deque[tuple[float, int, int, int, int, int]] = deque(maxlen=256)
+        #: datagrams read but not yet handed to us (the edge keeps it up to date)
+        self.backlog = 0
         # Parity: per block of ours, the next parity index and when parity went out;
         # per (source, block) of others', the parity symbols held until it can be rebuilt.
         self._parity_out: dict[int, _BlockParity] = {}
@@ -532,9 +537,11 @@ class Engine:
         idx = [k + (bp.next - k + i) % span for i in range(self.proactive)]
         bp.next += self.proactive
         bp.proactive_at = self._now
-        for i, sym in zip(idx, fec.parity(bodies, idx)):
-            self._repairs.append(wire.encode_parity(self.id, self._sent_seq, self.size,
-                                                    wire.Parity(b, i, sym)))
+        # Right behind the block, ahead of the next data: a receiver that lost one of its
+        # datagrams rebuilds it before its NACK is due.
+        self._data.extendleft(reversed([
+            wire.encode_parity(self.id, self._sent_seq, self.size, wire.Parity(b, i, sym))
+            for i, sym in zip(idx, fec.parity(bodies, idx))]))
         self.stats.parity_sent += self.proactive
         self.stats.parity_proactive += self.proactive
 
@@ -551,9 +558,13 @@ class Engine:
             cands.append(self._hb_at)
         if self._probe_answer_at is not None:
             cands.append(self._probe_answer_at)
+        backlog = self.backlog
         for s in self._sources.values():
             if s.missing:
-                cands.append(min(m.due for m in s.missing.values()))
+                due = min((m.due for m in s.missing.values() if not (backlog and m.soft)),
+                          default=None)
+                if due is not None:
+                    cands.append(due)
         if self._holder_repairs:
             cands.append(min(self._holder_repairs.values()))
         if self._snap_answers:
@@ -852,8 +863,9 @@ class Engine:
         a glance at the header, nothing checked (a wrong answer only changes the order; on
         a passphrase board the header is sealed and everything keeps its order)."""
         return (self._opener is None and len(data) > 4 and data[:2] == wire.MAGIC
-                and (data[3] in (wire.MsgType.NACK, wire.MsgType.PARITY)
-                     or (data[3] == wire.MsgType.DATA and bool(data[4] & wire.FLAG_REPAIR))))
+                and (data[3] == wire.MsgType.NACK
+                     or (data[3] in (wire.MsgType.DATA, wire.MsgType.PARITY)
+                         and bool(data[4] & wire.FLAG_REPAIR))))
 
     def receive_datagram(self, data: bytes, addr: tuple | None, now: float) -> None:
         """One datagram from the network, sent from ``addr`` ((host, port), or None when
@@ -1035,8 +1047,9 @@ class Engine:
             self._sources[sid] = s
         return s
 
-    def _announce(self, src: Source, highest: int, now: float) -> None:
-        """``highest`` of ``src`` exists: note what we miss."""
+    def _announce(self, src: Source, highest: int, now: float, soft: bool = False) -> None:
+        """``highest`` of ``src`` exists: note what we miss. ``soft``: a third party says
+        so (what it holds may still be in our receive queue)."""
         if highest <= src.highest:
             return
         if self._quarantine and self._quarantined(src.id, now):
@@ -1055,9 +1068,14 @@ class Engine:
             src.highest = highest
             self._give_up(src, highest - lo + 1, now)
             return
+        soft = soft and self.backlog > 0
+        # The wait starts when we notice the gap, not when the datagram that shows it was
+        # read (``now``): a receiver behind on its queue would otherwise NACK at once,
+        # before the parity or repair queued behind that datagram is reached.
+        noticed = max(now, self._now)
         for s in range(lo, highest + 1):
             if s not in src.held and s not in src.missing:
-                src.missing[s] = Miss(now + self._nack_delay(), 0, now)
+                src.missing[s] = Miss(noticed + self._nack_delay(), 0, now, soft=soft)
                 self.stats.gaps += 1
                 p = self._peers.get(src.id)
                 if p is not None:
@@ -1164,8 +1182,12 @@ class Engine:
                 self.stats.rejected_records += 1
             self.board.apply(rec, h.sender, seq, idx)
         self._advance(src)
-        if self._parity_in and (h.sender, wire.fec_block(seq)) in self._parity_in:
-            self._rebuild(src, wire.fec_block(seq), now)
+        if self._parity_in:
+            # this block, or the one before, whose last datagrams we now know are missing
+            b = wire.fec_block(seq)
+            for blk in (b - 1, b):
+                if (h.sender, blk) in self._parity_in:
+                    self._rebuild(src, blk, now)
 
     def _hold_early_repair(self, src: Source, seq: int, data: bytes, now: float) -> None:
         held = self._early.setdefault(src.id, {})
@@ -1289,7 +1311,7 @@ class Engine:
                 if other is None and e.highest > 0:
                     other = self._source(e.source, now)
                 if other is not None:
-                    self._announce(other, e.highest, now)
+                    self._announce(other, e.highest, now, soft=True)
         # A probe, or a newcomer that does not know us yet: tell it about us soon.
         if (new or s.flags & wire.SESSION_PROBE) and self._probe_answer_at is None:
             if now - self._last_probe_answer > 0.05:
@@ -1446,7 +1468,7 @@ class Engine:
         bp.next += extra
         for i, sym in zip(idx, fec.parity(bodies, idx)):
             self._repairs.append(wire.encode_parity(self.id, self._sent_seq, self.size,
-                                                    wire.Parity(b, i, sym)))
+                                                    wire.Parity(b, i, sym), wire.FLAG_REPAIR))
         self.stats.parity_sent += extra
         bp.sent.extend([now] * extra)
         return True
@@ -1470,7 +1492,9 @@ class Engine:
                 or (self._quarantine and self._quarantined(h.sender, now))):
             self.stats.ignored_parity += 1
             return
-        self._announce(src, h.seq, now)
+        # Nothing is announced: parity that overtook its block's data in our receive queue
+        # (a repair jumps it) would otherwise make us NACK datagrams still queued here. It
+        # waits until the block's datagrams have come or are known missing.
         if all(s <= src.contiguous or s in src.held for s in p.seqs):
             self.stats.ignored_parity += 1
             return
@@ -1498,7 +1522,7 @@ class Engine:
         """Rebuild block ``b`` of ``src`` if we hold enough of its symbols."""
         key = (src.id, b)
         pars = self._parity_in.get(key)
-        if not pars:
+        if not pars or (b + 1) * wire.FEC_K > src.highest:
             return
         first = b * wire.FEC_K + 1
         held: dict[int, bytes] = {}
@@ -1946,7 +1970,9 @@ class Engine:
         return min(t.retry_max, base * (2 ** max(0, attempt - 1))) + self._nack_delay()
 
     def _nack_timer(self, src: Source, now: float) -> None:
-        due = sorted(s for s, m in src.missing.items() if m.due <= now)
+        backlog = self.backlog
+        due = sorted(s for s, m in src.missing.items()
+                     if m.due <= now and not (backlog and m.soft))
         if not due:
             return
         t = self.timers

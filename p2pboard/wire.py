@@ -736,8 +736,10 @@ def fec_body(symbol: bytes) -> bytes:
     return bytes(symbol[2:2 + n])
 
 
-def encode_parity(sender, seq, size, p: Parity) -> bytes:
-    return (encode_header(MsgType.PARITY, sender, seq, size)
+def encode_parity(sender, seq, size, p: Parity, flags: int = 0) -> bytes:
+    """A PARITY datagram; ``flags`` FLAG_REPAIR when it answers a NACK (it then jumps
+    receive queues, like a repair; proactive parity stays behind its block's data)."""
+    return (encode_header(MsgType.PARITY, sender, seq, size, flags)
             + PARITY.pack(p.block, FEC_K, p.index, len(p.symbol)) + p.symbol)
 
 

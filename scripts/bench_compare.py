@@ -407,7 +407,14 @@ def measure(res: Result, wl: Workload, system: str, procs, reports, srv, before,
         if system == "p2pboard":
             st = [r["stats"] for r in reports]
             res.nacks = sum(s["nacks_sent"] for s in st)
-            res.repairs = sum(s["repairs_sent"] for s in st)
+            # every repair datagram: retransmissions and parity (asked for or proactive)
+            res.repairs = sum(s["repairs_sent"] + s.get("parity_sent", 0) for s in st)
+            res.extra["parity_sent"] = sum(s.get("parity_sent", 0) for s in st)
+            res.extra["parity_proactive"] = sum(s.get("parity_proactive", 0) for s in st)
+            for k in ("parity_rebuilt", "ignored_parity", "rejected_parity", "rejected_malformed",
+                      "repairs_held_down", "repairs_refused", "nacks_suppressed",
+                      "rejected_window", "rejected_repair", "rate_cuts"):
+                res.extra[k] = sum(s.get(k, 0) for s in st)
             if res.loss_events:
                 res.nacks_per_loss = round(res.nacks / res.loss_events, 3)
                 res.repairs_per_loss = round(res.repairs / res.loss_events, 3)

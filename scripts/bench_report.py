@@ -205,7 +205,8 @@ cell, no averaging.
         parts.append("### The image with loss at every receiver\n\nA loss event is a "
                      "datagram of the author missing at one receiver or more (multicast "
                      "systems; TCP hides its own retransmissions). NACKs and repairs are "
-                     "every peer's, divided by loss events; repair latency is from finding "
+                     "every peer's (repairs: retransmissions and parity datagrams, those "
+                     "asked for and those sent proactively), divided by loss events; repair latency is from finding "
                      "a datagram missing to holding it. Unrecovered: datagrams missing at "
                      "the end, summed over receivers; divergent: pixels that differ from the "
                      "image, summed over receivers.\n\n" + _table(

@@ -129,6 +129,7 @@ class Edge:
                 data, addr, at = queue.popleft()
             else:
                 break
+            engine.backlog = len(urgent) + len(queue)
             try:
                 # ``at``: when it was read. Round trips and repair delays measured by the
                 # engine are then those of the network, not of our own backlog (which
@@ -136,6 +137,7 @@ class Edge:
                 engine.receive_datagram(data, addr, at)
             except Exception:  # noqa: BLE001 - a bug must not take the peer down
                 self._fault("engine failed on a datagram", exc_info=True)
+        engine.backlog = len(urgent) + len(queue)
         if (urgent or queue) and self._resume is None:
             self._resume = self.loop.call_soon(self._continue)
         self.pump()
