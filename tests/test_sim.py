@@ -772,3 +772,26 @@ def test_a_third_partys_report_is_not_nacked_while_our_receive_queue_is_not_empt
     net.settle()
     assert c.engine.board.digest() == a.engine.board.digest()
     assert c.engine.stats.nacks_sent > 0
+
+
+def test_a_gap_whose_author_is_alive_is_retried_not_skipped():
+    """Found by the 10-minute soak's skip log: peers skipped datagrams of an author that a
+    partition (or its load) kept from answering, and the boards diverged. While the author
+    is heard, or a peer says it holds them, the gap is retried (up to 12 snapshots) and
+    filled once the author can answer."""
+    net = SimNet(10)
+    a, b = start(net, 2)
+    cut = {wire.MsgType.DATA, wire.MsgType.PARITY, wire.MsgType.SNAP_CHUNK,
+           wire.MsgType.SNAP_META}
+    net.filter = lambda s, d, dgram: not (s == a.index and dgram[3] in cut)
+    rng = random.Random(4)
+    for _ in range(3):
+        scribble(net, a, rng)
+    net.run_for(25.0)  # a's heartbeats and SESSIONs get through, its data cannot
+    e = b.engine
+    src = e._sources[a.engine.id]
+    assert src.give_ups > 3 and e.stats.unrecoverable == 0  # 3 used to be the end of it
+    net.filter = None
+    net.settle(limit=60)
+    assert e.stats.unrecoverable == 0
+    assert e.board.digest() == a.engine.board.digest()
