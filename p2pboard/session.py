@@ -33,6 +33,14 @@ someone else's repair goes out first. Repairs are the original bytes, so any cop
 good as the author's. Anything that cannot be repaired (evicted everywhere, too far
 behind) is healed with a snapshot.
 
+*Parity.* Datagrams form blocks of 16 by number. For a block its author has sent in full,
+a receiver names in its NACK only as many missing datagrams as it lacks symbols, with the
+PARITY flag; the author answers with that many new Reed-Solomon parity datagrams
+(``fec.py``), and every receiver rebuilds its own losses from them, so one parity datagram
+repairs a different loss at each receiver. Under loss the author also sends parity right
+behind each block before anyone asks (``_adapt_parity``), as much as its lossiest receiver
+needs.
+
 *Late join.* A new peer asks for a snapshot (SNAP_REQ). A synced peer answers after a short
 random delay unless another answered first: SNAP_META, then the state (store.dump) in
 chunks, which the joiner NACKs by chunk until complete. The snapshot says up to which
@@ -521,13 +529,20 @@ class Engine:
                 self.proactive //= 2
                 self._par_quiet = 0
 
-    def _send_proactive(self, b: int) -> None:
+    def _block_bodies(self, b: int) -> list[bytes] | None:
+        """The DATA bodies of our block ``b``, or None if one is no longer cached."""
         bodies = []
         for s in range(b * wire.FEC_K + 1, (b + 1) * wire.FEC_K + 1):
             d = self._cache.get((self.id, s))
             if d is None:
-                return
+                return None
             bodies.append(d[wire.HEADER.size:])
+        return bodies
+
+    def _send_proactive(self, b: int) -> None:
+        bodies = self._block_bodies(b)
+        if bodies is None:
+            return
         bp = self._parity_out.get(b)
         if bp is None:
             if len(self._parity_out) >= MAX_PARITY_BLOCKS:
@@ -1428,15 +1443,11 @@ class Engine:
         if the block cannot be coded (not all sent yet, or no longer cached): the caller
         then repairs the named datagrams themselves."""
         k = wire.FEC_K
-        first = b * k + 1
-        if first + k - 1 > self._sent_seq:
+        if (b + 1) * k > self._sent_seq:
             return False
-        bodies = []
-        for s in range(first, first + k):
-            d = self._cache.get((self.id, s))
-            if d is None:
-                return False
-            bodies.append(d[wire.HEADER.size:])
+        bodies = self._block_bodies(b)
+        if bodies is None:
+            return False
         bp = self._parity_out.get(b)
         if bp is None:
             if len(self._parity_out) >= MAX_PARITY_BLOCKS:
