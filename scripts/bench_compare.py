@@ -420,6 +420,9 @@ def measure(res: Result, wl: Workload, system: str, procs, reports, srv, before,
                 res.repairs_per_loss = round(res.repairs / res.loss_events, 3)
             lat = [x for r in reports for x in r["repair_latencies"]]
             res.repair_p50_ms, res.repair_p95_ms = ms(pct(lat, 50)), ms(pct(lat, 95))
+            if lat:
+                res.extra["repairs_over_10ms"] = round(sum(x > 0.01 for x in lat) / len(lat), 4)
+                res.extra["repair_p90_ms"] = ms(pct(lat, 90))
             res.unrecovered = sum(s["missing"] + s["unrecoverable"] for s in st)
             res.extra["snapshots_received"] = sum(s["snapshots_received"] for s in st)
         elif system == "mcast":
