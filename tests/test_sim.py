@@ -291,6 +291,13 @@ class Churn(RuleBasedStateMachine):
         img = img[: H - y, : W - x]
         self.net.act(self._peer(i), lambda e, now: e.paste(np.ascontiguousarray(img), x, y, now))
 
+    @rule(i=st.integers(0, 10), seed=st.integers(0, 255))
+    def big_paste(self, i, seed):
+        # a dozen datagrams of noise: with two of these an author fills blocks of 16, so
+        # parity (asked for and proactive) is part of the churn
+        img = np.random.default_rng(seed).integers(0, 256, (H, W, 4), dtype=np.uint8)
+        self.net.act(self._peer(i), lambda e, now: e.paste(img, 0, 0, now))
+
     @rule(dt=st.floats(0, 0.3))
     def wait(self, dt):
         self.net.run_for(dt)
