@@ -217,12 +217,14 @@ class Source:
 
 @dataclass
 class _BlockParity:
-    """Parity state of one of our blocks: the next parity index, when parity went out
+    """Parity state of one of our blocks: how many parity symbols went out proactively
+    (indices from FEC_K up) and as answers (indices from FEC_N - 1 down, so answers never
+    repeat a proactive symbol, even after this state was dropped), when answers went out
     (the last second), and the requests of the current hold-down (time, requester, n)."""
 
-    next: int
-    sent: list[float] = field(default_factory=list)  # answers to NACKs (not proactive)
-    proactive_at: float = -1e9
+    proactive: int = 0
+    answered: int = 0
+    sent: list[float] = field(default_factory=list)
     asks: list[tuple[float, int, int]] = field(default_factory=list)
 
 
@@ -364,7 +366,7 @@ class Engine:
         self._rate_sent = 0  # our fresh DATA sent in this window
         self._rate_nacked: dict[int, int] = {}  # requester -> our numbers it NACKed first
         # Proactive parity (see _adapt_parity): symbols sent with each of our blocks as it
-        # completes, and this window's blocks completed and blocks NACKed per requester.
+        # completes; this sample's blocks completed, and what each requester NACKed.
         self.proactive = 0
         self._par_blocks = 0
         self._par_nacked: dict[int, tuple[int, int]] = {}  # requester -> (named, blocks)
@@ -509,8 +511,9 @@ class Engine:
         them, the blocks go out with more parity symbols: the fewest that would leave a
         receiver with its loss rate short in at most PROACTIVE_MISS of blocks (binomial;
         the rate counted from what it named plus the proactive symbols it used), and at
-        least one more. After PROACTIVE_DECAY samples in a row without, half as many. With loss, most receivers rebuild a block as soon as it has arrived, without
-        a round trip; without loss nothing extra goes out (a stray request for a datagram
+        least one more. After PROACTIVE_DECAY samples in a row without, half as many.
+        With loss, most receivers rebuild a block as soon as it has arrived, without a
+        round trip; without loss nothing extra goes out (a stray request for a datagram
         still on its way is one block, not a rate)."""
         blocks = self._par_blocks
         if blocks < PROACTIVE_SAMPLE:
@@ -547,11 +550,10 @@ class Engine:
         if bp is None:
             if len(self._parity_out) >= MAX_PARITY_BLOCKS:
                 return
-            bp = self._parity_out[b] = _BlockParity(wire.FEC_K)
+            bp = self._parity_out[b] = _BlockParity()
         k, span = wire.FEC_K, wire.FEC_N - wire.FEC_K
-        idx = [k + (bp.next - k + i) % span for i in range(self.proactive)]
-        bp.next += self.proactive
-        bp.proactive_at = self._now
+        idx = [k + (bp.proactive + i) % span for i in range(self.proactive)]
+        bp.proactive += self.proactive
         # Right behind the block, ahead of the next data: a receiver that lost one of its
         # datagrams rebuilds it before its NACK is due.
         self._data.extendleft(reversed([
@@ -1454,7 +1456,7 @@ class Engine:
                 self._prune_parity_out(now)
                 if len(self._parity_out) >= MAX_PARITY_BLOCKS:
                     return False
-            bp = self._parity_out[b] = _BlockParity(k)
+            bp = self._parity_out[b] = _BlockParity()
         # Requests within a hold-down are answered together: each receiver's requests in
         # it add up (each names other datagrams), and the parity sent in it serves them
         # all, so it must cover the neediest receiver.
@@ -1475,8 +1477,8 @@ class Engine:
             self.stats.repairs_refused += 1
             return True
         span = wire.FEC_N - k
-        idx = [k + (bp.next - k + i) % span for i in range(extra)]
-        bp.next += extra
+        idx = [wire.FEC_N - 1 - (bp.answered + i) % span for i in range(extra)]
+        bp.answered += extra
         for i, sym in zip(idx, fec.parity(bodies, idx)):
             self._repairs.append(wire.encode_parity(self.id, self._sent_seq, self.size,
                                                     wire.Parity(b, i, sym), wire.FLAG_REPAIR))

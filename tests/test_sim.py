@@ -802,3 +802,28 @@ def test_a_gap_whose_author_is_alive_is_retried_not_skipped():
     net.settle(limit=60)
     assert e.stats.unrecoverable == 0
     assert e.board.digest() == a.engine.board.digest()
+
+
+def test_parity_answers_never_repeat_a_proactive_symbol():
+    """Proactive parity counts up from index 16, answers to NACKs down from 255: a
+    receiver that holds a proactive symbol is never sent the same one as an answer, even
+    after the author dropped the block's parity state (found reading the code: answers
+    restarted at 16)."""
+    net = SimNet(11, size=(320, 240))
+    a, b = start(net, 2)
+    sent = []
+    net.filter = lambda s, d, dgram: sent.append(dgram) is None if s == a.index else True
+    a.engine.proactive = 2
+    img = _noise(320, 64, 2)
+    net.act(a, lambda e, now: e.paste(img, 0, 0, now))
+    net.run_for(0.5)
+    assert a.engine.seq >= 16
+    a.engine._prune_parity_out(net.now + 10.0)  # the block's state is gone
+    nack = wire.encode_nack(b.engine.id, 0, net.size, wire.Nack(a.engine.id, 1, ((3, 1),), True))
+    del sent[:]
+    net.now += 0.01
+    a.engine.receive_datagram(nack, b.addr, net.now)
+    net.act(a, lambda e, now: None)
+    pars = [wire.decode_parity(d[wire.HEADER.size:]) for d in sent
+            if d[3] == wire.MsgType.PARITY]
+    assert [(p.block, p.index) for p in pars] == [(0, wire.FEC_N - 1)]
