@@ -22,6 +22,19 @@ _encoder = zfec.Encoder(_K, _N)
 _decoder = zfec.Decoder(_K, _N)
 
 
+def symbol(body: bytes, length: int) -> bytes:
+    """A DATA body as a symbol of ``length`` bytes: its length, the body, zeros."""
+    return len(body).to_bytes(2, "big") + body + bytes(length - 2 - len(body))
+
+
+def body_of(symbol: bytes) -> bytes:
+    """The DATA body a decoded symbol holds; wire.DecodeError if its length cannot be."""
+    n = int.from_bytes(symbol[:2], "big")
+    if n > len(symbol) - 2 or n == 0:
+        raise wire.DecodeError(f"symbol of {len(symbol)} bytes says its body has {n}")
+    return bytes(symbol[2:2 + n])
+
+
 def symbol_length(bodies: list[bytes]) -> int:
     return 2 + max(len(b) for b in bodies)
 
@@ -32,7 +45,7 @@ def parity(bodies: list[bytes], indices: list[int]) -> list[bytes]:
     if len(bodies) != _K or not all(_K <= i < _N for i in indices):
         raise ValueError("a block is FEC_K bodies; parity indices are FEC_K .. FEC_N - 1")
     n = symbol_length(bodies)
-    syms = tuple(wire.fec_symbol(b, n) for b in bodies)
+    syms = tuple(symbol(b, n) for b in bodies)
     return [bytes(p) for p in _encoder.encode(syms, tuple(indices))]
 
 
@@ -52,11 +65,11 @@ def rebuild(held: dict[int, bytes], parities: dict[int, bytes]) -> dict[int, byt
     shares, nums = [], []
     for pos in range(_K):
         if pos in held:
-            shares.append(wire.fec_symbol(held[pos], n))
+            shares.append(symbol(held[pos], n))
             nums.append(pos)
         else:
             idx, sym = next(spare)
             shares.append(sym)
             nums.append(idx)
     out = _decoder.decode(tuple(shares), tuple(nums))
-    return {pos: wire.fec_body(bytes(out[pos])) for pos in range(_K) if pos not in held}
+    return {pos: body_of(bytes(out[pos])) for pos in range(_K) if pos not in held}

@@ -535,7 +535,7 @@ class Engine:
     def _block_bodies(self, b: int) -> list[bytes] | None:
         """The DATA bodies of our block ``b``, or None if one is no longer cached."""
         bodies = []
-        for s in range(b * wire.FEC_K + 1, (b + 1) * wire.FEC_K + 1):
+        for s in wire.fec_seqs(b):
             d = self._cache.get((self.id, s))
             if d is None:
                 return None
@@ -1378,11 +1378,7 @@ class Engine:
                         continue
                 # Someone asked: we need not ask for the same datagram right now.
                 if src is not None and seq in src.missing:
-                    m = src.missing[seq]
-                    m.attempt = max(m.attempt, n.attempt)
-                    m.asked = now
-                    m.due = max(m.due, now + self._retry_wait(m.attempt))
-                    self.stats.nacks_suppressed += 1
+                    self._heard_asked(src.missing[seq], n.attempt, now)
                     continue
                 if n.source == self.id and seq > self._sent_seq:
                     continue  # still in the pacer's queue: it is on its way
@@ -1419,22 +1415,25 @@ class Engine:
                           now: float) -> None:
         """Another receiver asked the author for ``need`` symbols of block ``b``: if we need
         no more than that, the parity it gets will do for us too."""
-        mine = [s for s in range(b * wire.FEC_K + 1, (b + 1) * wire.FEC_K + 1)
+        mine = [s for s in wire.fec_seqs(b)
                 if s in src.missing]
         if not mine or self._parity_need(src, b) > need:
             return
         for s in mine:
-            m = src.missing[s]
-            m.attempt = max(m.attempt, attempt)
-            m.asked = now
-            m.due = max(m.due, now + self._retry_wait(m.attempt))
-            self.stats.nacks_suppressed += 1
+            self._heard_asked(src.missing[s], attempt, now)
+
+    def _heard_asked(self, m: Miss, attempt: int, now: float) -> None:
+        """Someone else asked for it: we need not ask right now (suppression)."""
+        m.attempt = max(m.attempt, attempt)
+        m.asked = now
+        m.due = max(m.due, now + self._retry_wait(m.attempt))
+        self.stats.nacks_suppressed += 1
 
     def _parity_need(self, src: Source, b: int) -> int:
         """How many more symbols of block ``b`` we need to rebuild it: FEC_K less the
         datagrams we hold (and still have the bytes of) and the parity we hold."""
         usable = len(self._parity_in.get((src.id, b), ()))
-        for s in range(b * wire.FEC_K + 1, (b + 1) * wire.FEC_K + 1):
+        for s in wire.fec_seqs(b):
             if (s <= src.contiguous or s in src.held) and (src.id, s) in self._cache:
                 usable += 1
         return wire.FEC_K - usable
@@ -2005,7 +2004,7 @@ class Engine:
                 mode[b] = False
                 if coded and (b + 1) * k <= src.highest:
                     need = self._parity_need(src, b)
-                    missing = sum(1 for x in range(b * k + 1, (b + 1) * k + 1)
+                    missing = sum(1 for x in wire.fec_seqs(b)
                                   if x in src.missing)
                     if 0 < need <= missing:
                         mode[b] = True

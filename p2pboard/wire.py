@@ -185,7 +185,7 @@ class Parity:
 
     @property
     def seqs(self) -> range:
-        return range(self.block * FEC_K + 1, self.block * FEC_K + FEC_K + 1)
+        return fec_seqs(self.block)
 
 
 @dataclass(frozen=True, slots=True)
@@ -723,17 +723,9 @@ def fec_block(seq: int) -> int:
     return (seq - 1) // FEC_K
 
 
-def fec_symbol(body: bytes, length: int) -> bytes:
-    """A DATA body as a symbol of ``length`` bytes: its length, the body, zeros."""
-    return len(body).to_bytes(2, "big") + body + bytes(length - 2 - len(body))
-
-
-def fec_body(symbol: bytes) -> bytes:
-    """The DATA body a decoded symbol holds; DecodeError if its length cannot be."""
-    n = int.from_bytes(symbol[:2], "big")
-    if n > len(symbol) - 2 or n == 0:
-        raise DecodeError(f"symbol of {len(symbol)} bytes says its body has {n}")
-    return bytes(symbol[2:2 + n])
+def fec_seqs(block: int) -> range:
+    """The DATA numbers of a parity block."""
+    return range(block * FEC_K + 1, (block + 1) * FEC_K + 1)
 
 
 def encode_parity(sender, seq, size, p: Parity, flags: int = 0) -> bytes:

@@ -60,3 +60,11 @@ def test_garbage_parity_rebuilds_garbage_or_raises_decodeerror_never_anything_el
         except wire.DecodeError:
             continue
         assert 0 < len(out[0]) <= n - 2
+
+
+def test_a_symbol_that_says_a_body_longer_than_itself_raises():
+    with pytest.raises(wire.DecodeError):
+        fec.body_of(b"\x00\x09abc")
+    with pytest.raises(wire.DecodeError):
+        fec.body_of(b"\x00\x00abc")
+    assert fec.body_of(fec.symbol(b"abc", 10)) == b"abc"

@@ -324,11 +324,3 @@ def test_only_parity_may_exceed_max_datagram_and_by_no_more_than_its_extra():
 def test_malformed_parity_raises_decodeerror(body):
     with pytest.raises(wire.DecodeError):
         wire.decode_parity(body)
-
-
-def test_a_symbol_that_says_a_body_longer_than_itself_raises():
-    with pytest.raises(wire.DecodeError):
-        wire.fec_body(b"\x00\x09abc")
-    with pytest.raises(wire.DecodeError):
-        wire.fec_body(b"\x00\x00abc")
-    assert wire.fec_body(wire.fec_symbol(b"abc", 10)) == b"abc"
