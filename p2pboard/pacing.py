@@ -36,6 +36,12 @@ class TokenBucket:
             return True
         return False
 
+    def take(self, n: int, now: float) -> None:
+        """Take ``n`` bytes unconditionally (after :meth:`ready_at` said a larger amount
+        was there); the bucket may go below zero by float dust only."""
+        self._refill(now)
+        self._tokens -= n
+
     def ready_at(self, n: int, now: float) -> float:
         """When ``n`` bytes will be available."""
         self._refill(now)

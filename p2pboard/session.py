@@ -140,6 +140,7 @@ class Stats:
     duplicates: int = 0
     gaps: int = 0  # datagrams found missing
     recovered: int = 0  # missing datagrams that arrived later
+    recovered_after_nack: int = 0  # ... of which we had NACKed first (a round trip)
     nacks_sent: int = 0
     nacks_received: int = 0
     nacks_suppressed: int = 0
@@ -333,6 +334,7 @@ class Engine:
         self.opno = 0
         self.seq = 0  # last data datagram number flushed (into the pacer's queue)
         self._sent_seq = 0  # last one handed to the network: what control messages announce
+        self._run_left = 0  # data datagrams the pacer has released as one run (_pace_run)
         self._events: deque[Event] = deque()
         self._sources: dict[int, Source] = {}
         self._peers: dict[int, Peer] = {}
@@ -370,6 +372,8 @@ class Engine:
         self.proactive = 0
         self._par_blocks = 0
         self._par_nacked: dict[int, tuple[int, int]] = {}  # requester -> (named, blocks)
+        self._par_from = 0  # first block sent with the current amount of proactive parity
+        self._block_at = now  # when the first datagram of the current block went out
         self._par_quiet = 0
         self._backlog_at = -1e9  # last time data waited for the pacer
         #: set by the edge while the socket's send buffer is full: only control messages and
@@ -443,18 +447,33 @@ class Engine:
         self._control.clear()
         for q in (self._repairs,) if self.blocked else (self._repairs, self._data, self._bulk):
             while q:
-                if not self._bucket.try_consume(len(q[0]) + self._overhead, now):
+                if q is self._data:
+                    # Whole blocks at once (see _pace_run): the tokens for the rest of the
+                    # block and its parity first, then each datagram takes its share.
+                    if self._run_left == 0:
+                        count, need = self._pace_run()
+                        if self._bucket.ready_at(need, now) > now:
+                            break
+                        self._run_left = count
+                    self._run_left -= 1
+                    self._bucket.take(len(q[0]) + self._overhead, now)
+                elif not self._bucket.try_consume(len(q[0]) + self._overhead, now):
                     break
                 d = q.popleft()
                 out.append(d)
                 if q is self._data and d[3] == wire.MsgType.DATA:
                     self._sent_seq = int.from_bytes(d[9:13], "big")
                     self._rate_sent += 1
-                    if self._sent_seq % wire.FEC_K == 0:
+                    if self._sent_seq % wire.FEC_K == 1:
+                        self._block_at = now
+                    elif self._sent_seq % wire.FEC_K == 0:
                         self._par_blocks += 1
-                        if self._par_blocks >= PROACTIVE_SAMPLE:
-                            self._adapt_parity()
-                        if self.proactive:
+                        self._adapt_parity()
+                        # Only for a block sent faster than a NACK comes back: strokes
+                        # fill a block in a tenth of a second, and their receivers have
+                        # asked for (and got) what they lost long before it ends.
+                        if self.proactive and now - self._block_at <= max(
+                                self._d, PROACTIVE_SPAN):
                             self._send_proactive(wire.fec_block(self._sent_seq))
                 elif q is self._bulk:
                     self._rate_sent += 1  # snapshot chunks: their loss counts too
@@ -516,12 +535,17 @@ class Engine:
         round trip; without loss nothing extra goes out (a stray request for a datagram
         still on its way is one block, not a rate)."""
         blocks = self._par_blocks
-        if blocks < PROACTIVE_SAMPLE:
+        nacked = [(named, nb) for named, nb in self._par_nacked.values() if nb > 1]
+        # Too little parity shows before a whole sample has gone out: raise it then (a
+        # paste that meets loss starts sending parity within a few blocks). Only NACKs
+        # for blocks sent with the current amount count (_on_nack), so requests still on
+        # their way from before a raise do not raise it again.
+        if blocks < PROACTIVE_SAMPLE and not nacked:
             return
         p = self.proactive
-        nacked = [(named, nb) for named, nb in self._par_nacked.values() if nb > 1]
         self._par_blocks = 0
         self._par_nacked.clear()
+        self._par_from = wire.fec_block(self._sent_seq) + 1
         if nacked:
             rate = max((named + p * nb) / (blocks * wire.FEC_K) for named, nb in nacked)
             self.proactive = min(PROACTIVE_MAX, max(p + 1, _parity_for(rate)))
@@ -529,7 +553,7 @@ class Engine:
         else:
             self._par_quiet += 1
             if self._par_quiet >= PROACTIVE_DECAY:
-                self.proactive //= 2
+                self.proactive = max(0, self.proactive - 1)
                 self._par_quiet = 0
 
     def _block_bodies(self, b: int) -> list[bytes] | None:
@@ -561,6 +585,46 @@ class Engine:
             for i, sym in zip(idx, fec.parity(bodies, idx))]))
         self.stats.parity_sent += self.proactive
         self.stats.parity_proactive += self.proactive
+
+    def _pace_run(self) -> tuple[int, int]:
+        """The datagrams at the head of the data queue that go out together, and the bytes
+        they need from the pacer: parity already queued, or DATA up to the end of its
+        block (counting the proactive parity the block's last datagram brings along).
+
+        The pacer keeps its average rate but releases a block in one go, so the block
+        reaches the receivers within a fraction of a millisecond on a fast link. A
+        receiver that lost one of its datagrams then rebuilds it from the parity right
+        away, instead of waiting for the rest of the block to trickle in; a busy sender
+        is not descheduled halfway through a block; and receivers handle a block per
+        wake-up, not a datagram. Only what is queued is counted: a stroke datagram never
+        waits for its block to fill."""
+        q, over = self._data, self._overhead
+        head = q[0]
+        if head[3] != wire.MsgType.DATA:
+            count = need = 0
+            for d in q:
+                if d[3] == wire.MsgType.DATA:
+                    break
+                count += 1
+                need += len(d) + over
+            return count, need
+        count = need = 0
+        block = None
+        for d in q:
+            if d[3] != wire.MsgType.DATA:
+                break
+            seq = int.from_bytes(d[9:13], "big")
+            b = wire.fec_block(seq)
+            if block is None:
+                block = b
+            elif b != block:
+                break
+            count += 1
+            need += len(d) + over
+            if seq % wire.FEC_K == 0:
+                need += self.proactive * (wire.MAX_WIRE + over)
+                break
+        return count, min(need, self._bucket.burst)
 
     def _set_pace(self, rate: float) -> None:
         self.pace = min(float(self.config.rate), max(self.timers.min_rate, rate))
@@ -594,7 +658,9 @@ class Engine:
                 cands.append(max(f.last_chunk, f.asked_at) + self.timers.snap_idle)
         q = self._repairs if self.blocked else (self._repairs or self._data or self._bulk)
         if q:
-            cands.append(self._bucket.ready_at(len(q[0]) + self._overhead, self._now))
+            need = (self._pace_run()[1] if q is self._data and self._run_left == 0
+                    else len(q[0]) + self._overhead)
+            cands.append(self._bucket.ready_at(need, self._now))
         return min(cands)
 
     # ------------------------------------------------------------------ public state
@@ -1186,6 +1252,7 @@ class Engine:
             self.stats.recovered += 1
             self.repair_latencies.append(now - miss.detected)
             if miss.attempt:
+                self.stats.recovered_after_nack += 1
                 self._repair_rtt += (now - miss.asked - self._repair_rtt) / 8
         src.highest = max(src.highest, seq)
         src.held.add(seq)
@@ -1345,11 +1412,14 @@ class Engine:
             return
         requester = h.sender
         if n.source == self.id and n.parity and n.attempt == 1 and len(self._par_nacked) < 4096:
-            named, nb = self._par_nacked.get(requester, (0, 0))
-            self._par_nacked[requester] = (
-                named + sum(c for _, c in n.ranges),
-                nb + len({b for f, c in n.ranges
-                          for b in range(wire.fec_block(f), wire.fec_block(f + c - 1) + 1)}))
+            since = self._par_from
+            asked = [(f, c) for f, c in n.ranges if wire.fec_block(f) >= since]
+            if asked:
+                named, nb = self._par_nacked.get(requester, (0, 0))
+                self._par_nacked[requester] = (
+                    named + sum(c for _, c in asked),
+                    nb + len({b for f, c in asked
+                              for b in range(wire.fec_block(f), wire.fec_block(f + c - 1) + 1)}))
         if n.source == self.id and n.attempt == 1 and len(self._rate_nacked) < 4096:
             self._rate_nacked[requester] = self._rate_nacked.get(requester, 0) + sum(
                 max(0, min(first + count - 1, self._sent_seq) - first + 1)
@@ -2154,21 +2224,29 @@ PROACTIVE_MAX = 8
 PROACTIVE_MISS = 0.02
 PROACTIVE_SAMPLE = 16
 PROACTIVE_DECAY = 2
+#: Blocks sent over a longer span than this (or than the group's round trip, if longer)
+#: get no proactive parity.
+PROACTIVE_SPAN = 0.005
 
 
 def _parity_for(rate: float) -> int:
-    """The fewest parity symbols per block for which a receiver losing ``rate`` of the
-    datagrams misses more than them in at most PROACTIVE_MISS of blocks."""
+    """The fewest parity symbols per block for which at most PROACTIVE_MISS of the losses
+    of a receiver losing ``rate`` of the datagrams fall in blocks it cannot rebuild
+    without asking (binomial: more losses than parity symbols). Counted per loss, not
+    per block: losses crowd into the unlucky blocks, and each of them waits a round
+    trip."""
     if rate <= 0:
         return 0
     rate = min(rate, 0.5)
     for q in range(PROACTIVE_MAX + 1):
         n = wire.FEC_K + q
-        short = 1.0 - sum(math.comb(n, i) * rate ** i * (1 - rate) ** (n - i)
-                          for i in range(q + 1))
-        if short <= PROACTIVE_MISS:
+        slow = sum(i * math.comb(n, i) * rate ** i * (1 - rate) ** (n - i)
+                   for i in range(q + 1, n + 1))
+        if slow <= PROACTIVE_MISS * n * rate:
             return q
     return PROACTIVE_MAX
+
+
 _TYPES = frozenset(int(t) for t in wire.MsgType)
 #: Pastes of more pixels than this are encoded as they are sent; ENCODE_AHEAD datagrams
 #: are kept ready for the pacer.

@@ -120,7 +120,10 @@ class P2pPeer(Common):
                 break
             cmd = line[0]
             if cmd == "link":
-                out(event="link", ok=len(self.board.peers) >= self.cfg["peers"] - 1)
+                # Everyone heard, and done joining: a fresh peer first loads the others'
+                # board, which is not the workload (the others have no join phase).
+                out(event="link", ok=len(self.board.peers) >= self.cfg["peers"] - 1
+                    and not self.board.engine.joining)
             elif cmd == "go":
                 self.cpu_go, self.t_go = cpu_seconds(), time.monotonic()
                 await self.go()

@@ -67,6 +67,7 @@ class SimNet:
         self.now = 0.0
         self.peers: list[SimPeer] = []
         self._q: list = []
+        self._link_last: dict[tuple[int, int], float] = {}  # (from, to) -> last delivery
         self._tie = itertools.count()
         self.tally = Tally()
         self.filter = None  # optional fn(src_index, dst_index, datagram) -> bool (deliver?)
@@ -156,7 +157,12 @@ class SimNet:
             if rng.random() < loss:
                 lost_here += 1
                 continue
-            delay = f.latency + rng.random() * f.jitter
+            # A link is first in, first out: jitter delays, but never overtakes the
+            # datagram sent before (a burst arrives in order); only ``reorder`` does.
+            link = (src.index, q.index)
+            delay = max(f.latency + rng.random() * f.jitter,
+                        self._link_last.get(link, 0.0) - self.now)
+            self._link_last[link] = self.now + delay
             if rng.random() < f.reorder:
                 delay += rng.random() * f.reorder_delay
             heapq.heappush(self._q, (self.now + delay, next(self._tie), "recv", q,
