@@ -51,10 +51,7 @@ class Entry:
     index: np.ndarray | None  #: flat pixel indices (int32) of a Paint
     box: tuple[int, int, int, int]  #: x0, y0, x1, y1 (exclusive) it covers
     size: int  #: pixels covered
-
-    @property
-    def op(self) -> tuple[int, int]:
-        return self.rec.author, self.rec.opno
+    op: tuple[int, int]  #: (author, opno) of its operation
 
 
 class Board:
@@ -155,7 +152,8 @@ class Board:
         return len(self._ops)
 
     def visible(self, author: int, opno: int) -> bool:
-        reg = self._toggles.get(author, {}).get(opno)
+        regs = self._toggles.get(author)
+        reg = regs.get(opno) if regs else None
         return True if reg is None else reg[1]
 
     # ------------------------------------------------------------------ writing
@@ -287,16 +285,17 @@ class Board:
             box = (x0, y0, x1 + 1, y1 + 1)
             # The log keeps one copy of the pixels (int32: half the record's int64).
             rec = Paint(rec.author, rec.opno, rec.lamport, rec.color, ix32)
-            return Entry(key, rec, ix32, box, int(ix.size))
+            return Entry(key, rec, ix32, box, int(ix.size), (rec.author, rec.opno))
         if isinstance(rec, Image):
             ih, iw = rec.rgba.shape[:2]
             if rec.rgba.ndim != 3 or rec.rgba.shape[2] != 4 or ih == 0 or iw == 0:
                 return None
             if rec.x < 0 or rec.y < 0 or rec.x + iw > w or rec.y + ih > h:
                 return None
-            return Entry(key, rec, None, (rec.x, rec.y, rec.x + iw, rec.y + ih), ih * iw)
+            return Entry(key, rec, None, (rec.x, rec.y, rec.x + iw, rec.y + ih), ih * iw,
+                         (rec.author, rec.opno))
         if isinstance(rec, Clear):
-            return Entry(key, rec, None, (0, 0, w, h), 0)
+            return Entry(key, rec, None, (0, 0, w, h), 0, (rec.author, rec.opno))
         return None
 
     def _add(self, e: Entry) -> None:
@@ -392,7 +391,7 @@ class Board:
             h = stamp.size // w
             st2 = stamp.reshape(h, w)[y0:y1, x0:x1]
             co2 = color.reshape(h, w, 4)[y0:y1, x0:x1]
-            if only is None and int(st2.max()) < s:
+            if only is None and st2.max() < s:
                 # Everything under it is older (a fresh paste): plain copies, no masks.
                 st2[...] = s
                 co2[...] = rec.rgba

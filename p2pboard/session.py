@@ -525,15 +525,16 @@ class Engine:
             self._set_pace(self.pace * t.rate_up)
 
     def _adapt_parity(self) -> None:
-        """Proactive parity, NORM's "auto parity" made adaptive. Every PROACTIVE_SAMPLE
-        blocks we complete are a sample. If some receiver still had to NACK two or more of
-        them, the blocks go out with more parity symbols: the fewest that would leave a
-        receiver with its loss rate short in at most PROACTIVE_MISS of blocks (binomial;
-        the rate counted from what it named plus the proactive symbols it used), and at
-        least one more. After PROACTIVE_DECAY samples in a row without, half as many.
-        With loss, most receivers rebuild a block as soon as it has arrived, without a
-        round trip; without loss nothing extra goes out (a stray request for a datagram
-        still on its way is one block, not a rate)."""
+        """Proactive parity, NORM's "auto parity" made adaptive, called as each block of
+        ours completes. As soon as some receiver had to NACK two or more blocks sent with
+        the current amount, the blocks go out with more parity symbols: the fewest that
+        leave at most PROACTIVE_MISS of a receiver's losses, at its loss rate, in blocks it
+        cannot rebuild without asking (binomial; the rate counted from what it named plus
+        the proactive symbols it used), and at least one more. After PROACTIVE_DECAY
+        samples of PROACTIVE_SAMPLE blocks without, one fewer. With loss, most receivers
+        rebuild a block as soon as it has arrived, without a round trip; without loss
+        nothing extra goes out (a stray request for a datagram still on its way is one
+        block, not a rate)."""
         blocks = self._par_blocks
         nacked = [(named, nb) for named, nb in self._par_nacked.values() if nb > 1]
         # Too little parity shows before a whole sample has gone out: raise it then (a
@@ -1256,7 +1257,7 @@ class Engine:
                 self._repair_rtt += (now - miss.asked - self._repair_rtt) / 8
         src.highest = max(src.highest, seq)
         src.held.add(seq)
-        src.maxop[seq] = max(r.opno for r in records)
+        src.maxop[seq] = records[0].opno if len(records) == 1 else max(r.opno for r in records)
         self._cache_put(key, wire.with_flags(data, 0) if repair else data)
         for idx, rec in enumerate(records):
             if not isinstance(rec, Toggle):
@@ -2218,12 +2219,12 @@ MAX_PARITY_HELD = 4096
 PARITY_KEEP = 5.0
 MAX_PARITY_BLOCKS = 4096
 #: Proactive parity (Engine._adapt_parity): at most this many symbols per block, chosen
-#: so that the lossiest receiver is short in at most PROACTIVE_MISS of blocks, judged over
-#: samples of PROACTIVE_SAMPLE blocks; halved after PROACTIVE_DECAY quiet samples.
+#: so that at most PROACTIVE_MISS of the lossiest receiver's losses wait for a round trip;
+#: one fewer after PROACTIVE_DECAY quiet samples of PROACTIVE_SAMPLE blocks.
 PROACTIVE_MAX = 8
 PROACTIVE_MISS = 0.02
 PROACTIVE_SAMPLE = 16
-PROACTIVE_DECAY = 2
+PROACTIVE_DECAY = 1
 #: Blocks sent over a longer span than this (or than the group's round trip, if longer)
 #: get no proactive parity.
 PROACTIVE_SPAN = 0.005

@@ -65,9 +65,9 @@ def test_stroke_costs_well_under_a_byte_per_pixel():
 
 
 @given(st.integers(1, 60), st.integers(1, 40), st.integers(0, 50), st.integers(0, 30),
-       st.sampled_from(["noise", "flat", "gradient"]))
-@settings(max_examples=60, deadline=None)
-def test_image_round_trip(w, h, x, y, kind):
+       st.sampled_from(["noise", "flat", "gradient"]), st.booleans())
+@settings(max_examples=80, deadline=None)
+def test_image_round_trip(w, h, x, y, kind, opaque):
     rng = np.random.default_rng(w * 1000 + h)
     if kind == "noise":
         rgba = rng.integers(0, 256, (h, w, 4), dtype=np.uint8)
@@ -75,15 +75,35 @@ def test_image_round_trip(w, h, x, y, kind):
         rgba = np.full((h, w, 4), 77, np.uint8)
     else:
         rgba = (np.arange(h * w * 4) % 251).astype(np.uint8).reshape(h, w, 4)
+    if opaque:
+        rgba[..., 3] = 255
     img = Image(ME, 3, 9, x, y, rgba)
     board = np.zeros((H, W, 4), np.uint8)
     for rec, frag in wire.encode_image(img):
         assert len(rec) <= wire.BODY_BUDGET
+        enc = wire.IMAGE_REC.unpack_from(rec)[7]
+        # alpha is left out exactly when every pixel of the piece is opaque (or it goes raw)
+        assert enc in ((wire.IMG_RGB_SUB_Z, wire.IMG_RAW) if (frag.rgba[..., 3] == 255).all()
+                       else (wire.IMG_SUB_Z, wire.IMG_RAW))
         (dec,) = decode([rec])
-        assert np.array_equal(dec.rgba, frag.rgba)
+        assert dec.rgba.dtype == np.uint8 and np.array_equal(dec.rgba, frag.rgba)
         hh, ww = dec.rgba.shape[:2]
         board[dec.y:dec.y + hh, dec.x:dec.x + ww] = dec.rgba
     assert np.array_equal(board[y:y + h, x:x + w], rgba)
+
+
+def test_an_opaque_photo_costs_a_fifth_less_without_alpha():
+    """Sub-filtered alpha is all zeros, but still one deflate symbol per pixel: leaving it
+    out of opaque pieces saves about a fifth of a photo's bytes (and datagrams)."""
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:120, 0:200]
+    rgb = np.stack([xx, yy, xx + yy], axis=-1) + rng.integers(0, 24, (120, 200, 3))
+    rgba = np.full((120, 200, 4), 255, np.uint8)
+    rgba[..., :3] = (rgb % 256).astype(np.uint8)
+    opaque = sum(len(r) for r, _ in wire.encode_image(Image(ME, 1, 1, 0, 0, rgba)))
+    rgba[..., 3] = 254  # translucent: alpha must travel
+    full = sum(len(r) for r, _ in wire.encode_image(Image(ME, 1, 1, 0, 0, rgba)))
+    assert opaque < 0.85 * full, (opaque, full)
 
 
 def test_records_share_a_datagram():
@@ -141,6 +161,13 @@ def test_hostile_records():
         # image larger than the canvas / than a piece may be
         wire.IMAGE_REC.pack(wire.REC_IMAGE, 1, 1, 0, 0, W + 1, 1, wire.IMG_RAW, 0),
         wire.IMAGE_REC.pack(wire.REC_IMAGE, 1, 1, 0, 0, 2, 2, wire.IMG_RAW, 3) + b"abc",
+        # compressed pixels of the wrong size for their encoding: 4 bytes a pixel where
+        # an opaque piece has 3, and 3 where RGBA has 4
+        (lambda z: wire.IMAGE_REC.pack(wire.REC_IMAGE, 1, 1, 0, 0, 2, 2, wire.IMG_RGB_SUB_Z,
+                                       len(z)) + z)(zlib.compress(bytes(16))),
+        (lambda z: wire.IMAGE_REC.pack(wire.REC_IMAGE, 1, 1, 0, 0, 2, 2, wire.IMG_SUB_Z,
+                                       len(z)) + z)(zlib.compress(bytes(12))),
+        wire.IMAGE_REC.pack(wire.REC_IMAGE, 1, 1, 0, 0, 2, 2, 3, 1) + b"x",  # unknown encoding
         wire.TOGGLE_REC.pack(wire.REC_TOGGLE, 2, 1, 7),
     ]
     for bad in cases:
