@@ -185,7 +185,10 @@ class Board:
         """Log a new entry and show it (if its operation is visible)."""
         self._sync()
         self._add(entry)
-        if self.visible(*entry.op):
+        author, opno = entry.op
+        if self.visible(author, opno) and (entry.key[1] == 0 or (author, 0, opno) not in self._log):
+            # (A band of our own paste whose provisional entry is still in the log: that
+            # entry shows the same pixels at the same stamp already.)
             self._paint(entry, self._stamp, self._color)
             self._mark(entry.box)
 

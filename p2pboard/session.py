@@ -546,7 +546,7 @@ class Engine:
         p = self.proactive
         self._par_blocks = 0
         self._par_nacked.clear()
-        self._par_from = wire.fec_block(self._sent_seq) + 1
+        self._par_from = wire.fec_block(self._sent_seq)  # its parity follows, at the new amount
         if nacked:
             rate = max((named + p * nb) / (blocks * wire.FEC_K) for named, nb in nacked)
             self.proactive = min(PROACTIVE_MAX, max(p + 1, _parity_for(rate)))
@@ -595,10 +595,9 @@ class Engine:
         The pacer keeps its average rate but releases a block in one go, so the block
         reaches the receivers within a fraction of a millisecond on a fast link. A
         receiver that lost one of its datagrams then rebuilds it from the parity right
-        away, instead of waiting for the rest of the block to trickle in; a busy sender
-        is not descheduled halfway through a block; and receivers handle a block per
-        wake-up, not a datagram. Only what is queued is counted: a stroke datagram never
-        waits for its block to fill."""
+        away, instead of waiting for the rest of the block to trickle in; the sender wakes
+        once per block, and receivers handle a block per wake-up, not a datagram. Only
+        what is queued is counted: a stroke datagram never waits for its block to fill."""
         q, over = self._data, self._overhead
         head = q[0]
         if head[3] != wire.MsgType.DATA:

@@ -123,7 +123,9 @@ def _drawing(net: MiniNet, e: Engine, rng: random.Random) -> None:
     grad = np.zeros((16, 32, 4), np.uint8)
     grad[..., 0] = np.arange(32) * 8
     grad[..., 3] = 255
-    e.paste(grad, 2, 2, now())  # Sub filter + zlib
+    e.paste(grad, 2, 2, now())  # opaque: RGB, Sub filter + zlib
+    grad[..., 3] = 128
+    e.paste(grad, 40, 2, now())  # translucent: RGBA, Sub filter + zlib
     net.run(0.01)
     e.clear(now())
     e.undo(now())
