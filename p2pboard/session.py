@@ -469,11 +469,7 @@ class Engine:
                     elif self._sent_seq % wire.FEC_K == 0:
                         self._par_blocks += 1
                         self._adapt_parity()
-                        # Only for a block sent faster than a NACK comes back: strokes
-                        # fill a block in a tenth of a second, and their receivers have
-                        # asked for (and got) what they lost long before it ends.
-                        if self.proactive and now - self._block_at <= max(
-                                self._d, PROACTIVE_SPAN):
+                        if self._fast_block(now):
                             self._send_proactive(wire.fec_block(self._sent_seq))
                 elif q is self._bulk:
                     self._rate_sent += 1  # snapshot chunks: their loss counts too
@@ -610,6 +606,7 @@ class Engine:
             return count, need
         count = need = 0
         block = None
+        fast = None
         for d in q:
             if d[3] != wire.MsgType.DATA:
                 break
@@ -621,10 +618,19 @@ class Engine:
                 break
             count += 1
             need += len(d) + over
-            if seq % wire.FEC_K == 0:
-                need += self.proactive * (wire.MAX_WIRE + over)
+            if seq % wire.FEC_K == 1:
+                fast = True  # the whole block goes in this run
+            elif seq % wire.FEC_K == 0:
+                if fast or self._fast_block(self._now):
+                    need += self.proactive * (wire.MAX_WIRE + over)
                 break
         return count, min(need, self._bucket.burst)
+
+    def _fast_block(self, now: float) -> bool:
+        """Does the block now completing get proactive parity? Only one sent faster than a
+        NACK comes back: strokes fill a block in a tenth of a second, and their receivers
+        have asked for (and got) what they lost long before it ends."""
+        return self.proactive > 0 and now - self._block_at <= max(self._d, PROACTIVE_SPAN)
 
     def _set_pace(self, rate: float) -> None:
         self.pace = min(float(self.config.rate), max(self.timers.min_rate, rate))
