@@ -423,6 +423,10 @@ def measure(res: Result, wl: Workload, system: str, procs, reports, srv, before,
             if lat:
                 res.extra["repairs_over_10ms"] = round(sum(x > 0.01 for x in lat) / len(lat), 4)
                 res.extra["repair_p90_ms"] = ms(pct(lat, 90))
+                # losses whose receiver had NACKed before it got them (a round trip)
+                res.extra["recovered_after_nack"] = round(
+                    sum(s.get("recovered_after_nack", 0) for s in st)
+                    / max(1, sum(s["recovered"] for s in st)), 4)
             res.unrecovered = sum(s["missing"] + s["unrecoverable"] for s in st)
             res.extra["snapshots_received"] = sum(s["snapshots_received"] for s in st)
         elif system == "mcast":
