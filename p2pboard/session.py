@@ -595,33 +595,24 @@ class Engine:
         once per block, and receivers handle a block per wake-up, not a datagram. Only
         what is queued is counted: a stroke datagram never waits for its block to fill."""
         q, over = self._data, self._overhead
-        head = q[0]
-        if head[3] != wire.MsgType.DATA:
-            count = need = 0
-            for d in q:
-                if d[3] == wire.MsgType.DATA:
-                    break
-                count += 1
-                need += len(d) + over
-            return count, need
+        data = q[0][3] == wire.MsgType.DATA
         count = need = 0
-        block = None
-        fast = None
+        block, whole = None, False
         for d in q:
-            if d[3] != wire.MsgType.DATA:
+            if (d[3] == wire.MsgType.DATA) != data:
                 break
-            seq = int.from_bytes(d[9:13], "big")
-            b = wire.fec_block(seq)
-            if block is None:
-                block = b
-            elif b != block:
-                break
+            if data:
+                seq = int.from_bytes(d[9:13], "big")
+                if block is None:
+                    block = wire.fec_block(seq)
+                elif wire.fec_block(seq) != block:
+                    break
             count += 1
             need += len(d) + over
-            if seq % wire.FEC_K == 1:
-                fast = True  # the whole block goes in this run
-            elif seq % wire.FEC_K == 0:
-                if fast or self._fast_block(self._now):
+            if data and seq % wire.FEC_K == 1:
+                whole = True  # the whole block goes in this run
+            elif data and seq % wire.FEC_K == 0:
+                if whole or self._fast_block(self._now):
                     need += self.proactive * (wire.MAX_WIRE + over)
                 break
         return count, min(need, self._bucket.burst)
