@@ -224,3 +224,40 @@ def test_forged_and_inconsistent_parity_is_refused_and_changes_nothing():
                        net.now)
     assert e.stats.rejected_parity == 2
     assert e.board.digest() == good
+
+
+def test_a_flood_of_snapshot_requests_queues_one_snapshot_at_a_time():
+    """Each request for a board's state could cost the server a whole snapshot in its send
+    queue. A stream of them (hostile, or joiners that time out behind a long queue and ask
+    again, as in the 10-minute soak) is answered with the snapshot already on its way: the
+    queue holds one snapshot's chunks, a few snapshots are kept, and a real joiner still
+    gets the board."""
+    net = SimNet(28, size=(320, 240))
+    a = net.add_peer(rate=300_000)
+    b = net.add_peer()
+    net.run_for(1.0)
+    img = np.random.default_rng(3).integers(0, 256, (240, 320, 4), dtype=np.uint8)
+    net.act(a, lambda e, now: e.paste(img, 0, 0, now))
+    net.settle(limit=60)
+    e = a.engine
+    size = (320, 240)
+    chunks = -(-len(__import__("p2pboard.store").store.dump(e.board, {})) // e._chunk_size)
+    most_queued = most_kept = 0
+    for i in range(20):  # a new request every 0.6 s, each with its own id
+        e.receive_datagram(wire.encode_snap_req(0xBAD5, i, size, wire.SnapReq(1000 + i, 0)),
+                           ATTACKER, net.now)
+        net.act(a, lambda e, now: None)
+        for _ in range(60):
+            net.run_for(0.01)
+            most_queued = max(most_queued, len(e._bulk))
+            most_kept = max(most_kept, len(e._serve))
+    assert e.stats.snapshots_sent == 20
+    assert chunks > 100 and most_queued <= chunks + 8, (chunks, most_queued)
+    assert most_kept <= session.MAX_SNAPSHOTS_KEPT
+    late = net.add_peer()
+    t0 = net.now
+    while late.engine.joining:
+        net.run_for(0.05)
+        assert net.now - t0 < 30, "the join did not finish"
+    net.settle(limit=60)
+    assert late.engine.board.digest() == b.engine.board.digest() == e.board.digest()
