@@ -53,6 +53,7 @@ numbers per source (the receive window), the repair cache (bytes), hold-downs, s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -62,12 +63,13 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from . import fec, seal, store, wire
+from . import fec, loss, seal, store, wire
 from .board import Board
 from .config import DEFAULT_RATE, Config
 from .events import (CursorMoved, Divergence, Event, JoinComplete, OtherBoard, PeerJoined,
                      PeerLeft, PeerUpdated, Silence, SizeMismatch, Unrecoverable,
                      VersionMismatch)
+from .loss import LossMeter
 from .ops import UNDO_WINDOW, Clear, Color, Image, Paint, Record, StrokePath, Toggle
 from .pacing import TokenBucket
 
@@ -214,6 +216,7 @@ class Source:
     give_ups: int = 0  # snapshots asked for because of this source, without progress
     finished: int = 0  # the seq of its goodbye: once held up to it, nothing more can come
     heard: float = -1e9  # when its author last sent us something itself (not a repair)
+    parity_block: int = -1  # the latest block it sent proactive parity for
 
 
 @dataclass
@@ -247,6 +250,8 @@ class Peer:
     rtt_samples: deque = field(default_factory=lambda: deque(maxlen=RTT_SAMPLES))
     last_ts: int = 0  # ``ts`` of its last SESSION, echoed back in ours
     ts_heard: float = 0.0  # when we heard that SESSION
+    session_count: int | None = None  # ``count`` of its last SESSION
+    loss: int = 0  # the loss it reports (a lower bound, in 1/65535)
 
     @property
     def loss_rate(self) -> float:
@@ -373,6 +378,9 @@ class Engine:
         self.proactive = 0
         self._par_blocks = 0
         self._par_nacked: dict[int, tuple[int, int]] = {}  # requester -> (named, blocks)
+        #: what we miss of what is sent to us (reported in our SESSION, see loss.py)
+        self.loss_meter = LossMeter()
+        self._session_count = 0
         self._par_from = 0  # first block sent with the current amount of proactive parity
         self._block_at = now  # when the first datagram of the current block went out
         self._par_quiet = 0
@@ -535,7 +543,16 @@ class Engine:
         samples of PROACTIVE_SAMPLE blocks without, one fewer. With loss, most receivers
         rebuild a block as soon as it has arrived, without a round trip; without loss
         nothing extra goes out (a stray request for a datagram still on its way is one
-        block, not a rate)."""
+        block, not a rate).
+
+        The loss the receivers report in SESSION (loss.py) sets a floor: a paste that
+        meets loss they already measured has parity from its first block. NACKs alone
+        come too late for that when the receivers are behind: a busy receiver NACKs a
+        block when it reaches it in its queue, which on a big paste to many peers on
+        few cores can be after the author has sent the last block."""
+        floor = self._parity_floor()
+        if self.proactive < floor:
+            self.proactive = floor
         blocks = self._par_blocks
         nacked = [(named, nb) for named, nb in self._par_nacked.values() if nb > 1]
         # Too little parity shows before a whole sample has gone out: raise it then (a
@@ -555,8 +572,15 @@ class Engine:
         else:
             self._par_quiet += 1
             if self._par_quiet >= PROACTIVE_DECAY:
-                self.proactive = max(0, self.proactive - 1)
+                self.proactive = max(floor, self.proactive - 1)
                 self._par_quiet = 0
+
+    def _parity_floor(self) -> int:
+        """Proactive parity for the lossiest loss a live receiver reports (at least
+        PROACTIVE_FLOOR_MIN), or 0."""
+        worst = max((p.loss for p in self._peers.values() if p.alive and not p.joining),
+                    default=0)
+        return _parity_for_report(worst)
 
     def _block_bodies(self, b: int) -> list[bytes] | None:
         """The DATA bodies of our block ``b``, or None if one is no longer cached."""
@@ -644,8 +668,11 @@ class Engine:
         backlog = self.backlog
         for s in self._sources.values():
             if s.missing:
-                due = min((m.due for m in s.missing.values() if not (backlog and m.soft)),
-                          default=None)
+                if backlog:
+                    due = min((m.due for seq, m in s.missing.items()
+                               if not self._queued_maybe(s, seq, m)), default=None)
+                else:
+                    due = min(m.due for m in s.missing.values())
                 if due is not None:
                     cands.append(due)
         if self._holder_repairs:
@@ -1162,6 +1189,7 @@ class Engine:
             if s not in src.held and s not in src.missing:
                 src.missing[s] = Miss(noticed + self._nack_delay(), 0, now, soft=soft)
                 self.stats.gaps += 1
+                self.loss_meter.missed()
                 p = self._peers.get(src.id)
                 if p is not None:
                     p.lost += 1
@@ -1250,6 +1278,11 @@ class Engine:
             return
         self._announce(src, seq - 1, now)
         miss = src.missing.pop(seq, None)
+        if not repair:
+            if miss is None:
+                self.loss_meter.received()
+            else:
+                self.loss_meter.late()
         if miss is not None:
             self.stats.recovered += 1
             self.repair_latencies.append(now - miss.detected)
@@ -1366,6 +1399,8 @@ class Engine:
             self._heard_synced_peer = True
         p.holds = {e.source: e.contiguous for e in s.entries}
         p.last_ts, p.ts_heard = s.ts, now
+        p.loss = s.loss
+        self._count_session(p, s.count)
         for e in s.entries:
             if e.source == self.id and e.echo:
                 # RTCP's round trip: our clock now, less our stamp it echoes, less the
@@ -1402,6 +1437,18 @@ class Engine:
         if (new or s.flags & wire.SESSION_PROBE) and self._probe_answer_at is None:
             if now - self._last_probe_answer > 0.05:
                 self._probe_answer_at = now + self.rng.uniform(0, self.timers.probe_answer_max)
+
+    def _count_session(self, p: Peer, count: int) -> None:
+        """The loss meter counts the SESSIONs of ``p`` we missed, by their numbers."""
+        if p.session_count is not None:
+            step = (count - p.session_count) & 0xFFFF
+            if step > 0xFFFF - SESSION_COUNT_JUMP or step == 0:
+                return  # an old one arriving late, or a copy
+            if step <= SESSION_COUNT_JUMP:
+                self.loss_meter.received()
+                if step > 1:
+                    self.loss_meter.missed(step - 1)
+        p.session_count = count
 
     def _on_nack(self, h, body, data, now) -> None:
         n = wire.decode_nack(body)
@@ -1571,6 +1618,8 @@ class Engine:
         if last > h.seq:
             self.stats.rejected_parity += 1  # parity of datagrams it says it has not sent
             return
+        if src is not None and not h.flags & wire.FLAG_REPAIR and p.block > src.parity_block:
+            src.parity_block = p.block
         if (src is None or not src.anchored or last <= src.contiguous
                 or last > src.contiguous + self.timers.receive_window
                 or (self._quarantine and self._quarantined(h.sender, now))):
@@ -2061,10 +2110,25 @@ class Engine:
         # must not make every receiver ask again at once.
         return min(t.retry_max, base * (2 ** max(0, attempt - 1))) + self._nack_delay()
 
+    def _queued_maybe(self, src: Source, seq: int, m: Miss) -> bool:
+        """With datagrams waiting in our receive queue: may what fills this gap be among
+        them? A gap known only from a third party's report (it may be queued itself), and
+        one in a block of a source that sends proactive parity, while nothing after that
+        block has been read: its parity is queued right behind the block. Such gaps are
+        not NACKed until the queue is empty or the next block shows up. (A receiver far
+        behind on a big paste NACKed what the parity in its queue would have rebuilt.)"""
+        if m.soft:
+            return True
+        b = wire.fec_block(seq)
+        return (m.attempt == 0 and src.parity_block >= b - 1
+                and src.highest <= (b + 1) * wire.FEC_K)
+
     def _nack_timer(self, src: Source, now: float) -> None:
-        backlog = self.backlog
-        due = sorted(s for s, m in src.missing.items()
-                     if m.due <= now and not (backlog and m.soft))
+        if self.backlog:
+            due = sorted(s for s, m in src.missing.items()
+                         if m.due <= now and not self._queued_maybe(src, s, m))
+        else:
+            due = sorted(s for s, m in src.missing.items() if m.due <= now)
         if not due:
             return
         t = self.timers
@@ -2136,10 +2200,12 @@ class Engine:
             # peer holding the same datagrams can tell whether our boards really agree.
             vector, digest = self._vector(), self._digest64()
         self._session_version = version
+        self._session_count = (self._session_count + 1) & 0xFFFF
         self._control.append(wire.encode_session(
             self.id, self._sent_seq, self.size,
             wire.Session(self.config.name, self.config.color, flags, tuple(entries),
-                         self._ts(now), vector, digest)))
+                         self._ts(now), vector, digest, self._session_count,
+                         self.loss_meter.report())))
         self.stats.sessions_sent += 1
         self._probe_answer_at = None
         self._session_at = now + self.timers.session_interval * self.rng.uniform(0.8, 1.2)
@@ -2218,6 +2284,9 @@ MAX_REPAIR_QUEUE = 8192
 #: Snapshots asked for one source's gaps before they are declared lost; up to
 #: MAX_GIVE_UPS while its author is alive or a peer says it holds them.
 GIVE_UPS = 3
+#: A SESSION count further on than this from the last one heard is a restart of the
+#: count, not that many missed (and one this far behind is an old one, late).
+SESSION_COUNT_JUMP = 256
 #: Snapshots a server keeps for the NACKs of their joiners (least recently used dropped).
 MAX_SNAPSHOTS_KEPT = 4
 MAX_GIVE_UPS = 12
@@ -2239,6 +2308,17 @@ PROACTIVE_DECAY = 1
 #: Blocks sent over a longer span than this (or than the group's round trip, if longer)
 #: get no proactive parity.
 PROACTIVE_SPAN = 0.005
+#: A receiver's reported loss below this sets no floor under proactive parity (NACKs are
+#: cheaper than a parity symbol per block for the odd loss).
+PROACTIVE_FLOOR_MIN = 0.005
+
+
+@functools.lru_cache(maxsize=1024)
+def _parity_for_report(report: int) -> int:
+    """_parity_for a loss as SESSION reports it (in 1/65535), or 0 below
+    PROACTIVE_FLOOR_MIN."""
+    rate = report / loss.SCALE
+    return _parity_for(rate) if rate >= PROACTIVE_FLOOR_MIN else 0
 
 
 def _parity_for(rate: float) -> int:

@@ -37,7 +37,8 @@ MAGIC = b"PB"
 #: 2: SESSION carries a timestamp, per-source echoes (lag) and the anti-entropy digest.
 #: 3: PARITY (erasure-coded repairs) and the NACK's parity flag.
 #: 4: opaque image pieces leave alpha out (IMG_RGB_SUB_Z).
-VERSION = 4
+#: 5: SESSION carries its own count and the loss its sender measured (proactive parity).
+VERSION = 5
 #: Largest UDP payload we send or accept: survives VPNs, tunnels and Wi-Fi unfragmented.
 MAX_DATAGRAM = 1200
 
@@ -77,7 +78,7 @@ MAX_IMAGE_PIECE = 1 << 18
 ZLEVEL = 6
 
 # Control message bodies.
-SESSION_HEAD = struct.Struct("!IBBIQQ")  # rgba flags n_entries ts vector digest ; then name
+SESSION_HEAD = struct.Struct("!IBBIQQHH")  # rgba flags n_entries ts vector digest count loss ; then name
 SESSION_ENTRY = struct.Struct("!IIIII")  # source contiguous highest echo held
 MAX_NAME_BYTES = 48
 #: Session entries per message: fits 1200 bytes with the longest name and a sealed envelope.
@@ -169,6 +170,10 @@ class Session:
     ts: int = 0  #: sender's clock in TS_UNITs mod 2^32; echoed back so peers measure RTT
     vector: int = 0  #: hash of (source, contiguous) of all held sources; 0: not given
     digest: int = 0  #: first 8 bytes of the board digest, valid with ``vector``; 0: not given
+    #: the number of this SESSION of its sender mod 2^16 (receivers count the ones they miss)
+    count: int = 0
+    #: share of datagrams the sender fairly surely misses (a lower bound), in 1/65535
+    loss: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -671,7 +676,7 @@ def encode_session(sender: int, seq: int, size: tuple[int, int], s: Session) -> 
     entries = s.entries[:MAX_SESSION_ENTRIES]
     parts = [encode_header(MsgType.SESSION, sender, seq, size),
              SESSION_HEAD.pack(_rgba_u32(s.color), s.flags, len(entries), s.ts & 0xFFFFFFFF,
-                               s.vector, s.digest),
+                               s.vector, s.digest, s.count & 0xFFFF, min(max(s.loss, 0), 0xFFFF)),
              bytes([len(name)]), name]
     parts += [SESSION_ENTRY.pack(e.source, e.contiguous, e.highest, e.echo & 0xFFFFFFFF,
                                  min(e.held, 0xFFFFFFFF)) for e in entries]
@@ -682,7 +687,7 @@ def decode_session(body: memoryview | bytes) -> Session:
     body = bytes(body)
     if len(body) < SESSION_HEAD.size + 1:
         raise DecodeError(f"session body of {len(body)} bytes is truncated")
-    rgba, flags, n, ts, vector, digest = SESSION_HEAD.unpack_from(body)
+    rgba, flags, n, ts, vector, digest, count, loss = SESSION_HEAD.unpack_from(body)
     pos = SESSION_HEAD.size
     nl = body[pos]
     pos += 1
@@ -700,7 +705,8 @@ def decode_session(body: memoryview | bytes) -> Session:
         if contiguous > highest:
             raise DecodeError(f"entry for {src:08x}: contiguous {contiguous} > highest {highest}")
         entries.append(SourceEntry(src, contiguous, highest, echo, held))
-    return Session(name, _u32_rgba(rgba), flags, tuple(entries), ts, vector, digest)
+    return Session(name, _u32_rgba(rgba), flags, tuple(entries), ts, vector, digest, count,
+                   loss)
 
 
 def _encode_ranges(ranges) -> bytes:

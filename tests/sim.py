@@ -8,6 +8,7 @@ sleeps: a minute of protocol time runs in well under a second.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import random
@@ -37,6 +38,12 @@ class SimPeer:
     side: int = 0  # partition side
     timer_version: int = 0
     lossy: float | None = None  # this receiver's own loss rate, overriding Faults.loss
+    #: a busy host: seconds of work per datagram received. Datagrams wait their turn, as
+    #: in the edge's read-ahead queue; the ones Engine.urgent picks (repairs, NACKs) skip it.
+    cost: float = 0.0
+    busy_until: float = 0.0
+    #: arrival times of the datagrams waiting their turn (sorted): Engine.backlog
+    waiting: list = field(default_factory=list)
 
     @property
     def addr(self) -> tuple[str, int]:
@@ -165,11 +172,18 @@ class SimNet:
             self._link_last[link] = self.now + delay
             if rng.random() < f.reorder:
                 delay += rng.random() * f.reorder_delay
+            arrival = None
+            if q.cost and not q.engine.urgent(d):
+                arrival = self.now + delay
+                start = max(arrival, q.busy_until)
+                q.busy_until = start + q.cost
+                delay = start - self.now
+                bisect.insort(q.waiting, arrival)
             heapq.heappush(self._q, (self.now + delay, next(self._tie), "recv", q,
-                                     (d, src.addr)))
+                                     (d, src.addr, arrival)))
             if rng.random() < f.duplicate:
                 heapq.heappush(self._q, (self.now + delay + rng.random() * 0.002,
-                                         next(self._tie), "recv", q, (d, src.addr)))
+                                         next(self._tie), "recv", q, (d, src.addr, None)))
         if is_data and not repair and lost_here:
             t.loss_events += 1
             t.lost_copies += lost_here
@@ -185,6 +199,10 @@ class SimNet:
                     continue
                 p.engine.handle_timer(self.now)
             else:
+                if payload[2] is not None:
+                    del p.waiting[bisect.bisect_left(p.waiting, payload[2])]
+                if p.cost:
+                    p.engine.backlog = bisect.bisect_right(p.waiting, self.now)
                 p.engine.receive_datagram(payload[0], payload[1], self.now)
             self._after(p)
         self.now = max(self.now, t_end)

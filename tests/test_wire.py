@@ -116,7 +116,8 @@ def test_records_share_a_datagram():
 
 def test_control_messages_round_trip():
     s = wire.Session("ada", (1, 2, 3, 255), wire.SESSION_PROBE,
-                     (wire.SourceEntry(5, 10, 12), wire.SourceEntry(6, 0, 0)))
+                     (wire.SourceEntry(5, 10, 12), wire.SourceEntry(6, 0, 0)), ts=77,
+                     vector=1 << 63, digest=5, count=65535, loss=6553)
     d = wire.encode_session(ME, 42, SIZE, s)
     h = wire.decode_header(d)
     assert (h.type, h.sender, h.seq, h.width, h.height) == (wire.MsgType.SESSION, ME, 42, W, H)
@@ -351,3 +352,15 @@ def test_only_parity_may_exceed_max_datagram_and_by_no_more_than_its_extra():
 def test_malformed_parity_raises_decodeerror(body):
     with pytest.raises(wire.DecodeError):
         wire.decode_parity(body)
+
+
+def test_the_fullest_session_fits_a_sealed_datagram():
+    from p2pboard import seal
+
+    entries = tuple(wire.SourceEntry(i + 1, 2**32 - 2, 2**32 - 1, 2**32 - 1, 2**32 - 1)
+                    for i in range(wire.MAX_SESSION_ENTRIES))
+    s = wire.Session("é" * wire.MAX_NAME_BYTES, (1, 2, 3, 255), 0, entries, 2**32 - 1,
+                     2**64 - 1, 2**64 - 1, 65535, 65535)
+    d = wire.encode_session(ME, 2**32 - 1, SIZE, s)
+    assert len(d) + seal.OVERHEAD <= wire.MAX_DATAGRAM
+    assert wire.decode_session(d[wire.HEADER.size:]).entries == entries
