@@ -187,3 +187,31 @@ def test_setup_error_closes_the_socket(netns, monkeypatch):
     with pytest.raises(MulticastSetupError):
         open_multicast_socket(GROUP, 47109, "198.18.99.99")
     assert closed == [True]
+
+
+def test_the_edge_hands_the_engine_each_datagrams_arrival_time_not_its_read_time(netns, opened):
+    """A datagram that waited 0.2 s in the kernel (the loop was busy) is stamped with
+    when it arrived: the engine's repair delays and round trips are the network's."""
+    import asyncio
+
+    from p2pboard.config import Config
+    from p2pboard.net.edge import Edge
+    from p2pboard.session import Engine
+
+    sock, info = opened(GROUP, 47111, "127.0.0.1")
+    assert info.arrival_stamps
+    tx, _ = opened(GROUP, 47111, "127.0.0.1")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        edge = Edge(Engine(Config(size=(64, 48)), peer_id=1), sock, (GROUP, 47111), loop)
+        assert edge.stamped
+        sent_at = loop.time()
+        tx.sendto(b"not a p2pboard datagram", (GROUP, 47111))
+        time.sleep(0.2)  # the loop is busy; the datagram waits in the kernel
+        edge._drain()
+        read_at = loop.time()
+        (_, _, at), = list(edge._queue)
+        assert sent_at - 0.01 <= at <= sent_at + 0.05 < read_at - 0.1, (sent_at, at, read_at)
+
+    asyncio.run(main())

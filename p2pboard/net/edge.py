@@ -2,8 +2,12 @@
 
 Each wake-up it moves every datagram waiting in the kernel into its own queue (reading
 costs a few microseconds; decoding and applying, tens), then hands the engine a batch of
-:data:`PROCESS_BATCH` with ``now=loop.time()`` and yields to the loop, coming back at
-once while datagrams remain. Repairs and NACKs jump that queue (:meth:`Engine.urgent`):
+:data:`PROCESS_BATCH` and yields to the loop, coming back at once while datagrams
+remain. Each datagram goes to the engine with ``now`` the loop time it arrived: the
+kernel's arrival stamp where the socket has them (``SO_TIMESTAMPNS``), else the time it
+was read. The round trips and repair delays the engine measures are then the network's,
+not our own backlog's, nor when this loop happened to read (a block that arrived in
+0.2 ms but was read in two wake-ups 10 ms apart would look 10 ms long). Repairs and NACKs jump that queue (:meth:`Engine.urgent`):
 a peer that is behind on a big paste still answers and takes repairs within
 milliseconds, so a repair is not stuck behind a second of backlog and the others see it
 in time to suppress their own. The queue is bounded (:data:`QUEUE_MAX`); past it the
@@ -20,12 +24,14 @@ import asyncio
 import errno
 import logging
 import socket
+import struct
+import time
 from collections import deque
 from collections.abc import Callable
 
 from ..events import Event, Silence
 from ..session import Engine
-from .sockets import rejoin_group
+from .sockets import SO_TIMESTAMPNS, rejoin_group
 
 log = logging.getLogger("p2pboard.net")
 
@@ -33,6 +39,10 @@ RECV_SIZE = 2048  # larger than any valid datagram, so oversized ones are seen a
 QUEUE_MAX = 8192  # datagrams read ahead of the engine (about 10 MB at most)
 PROCESS_BATCH = 128  # datagrams given to the engine before yielding to the loop
 REJECT_REPORT = 10.0  # seconds between summaries of what was refused
+TIMESPEC = struct.Struct("@qq")  # struct timespec: seconds, nanoseconds
+STAMP_SPACE = socket.CMSG_SPACE(TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
+#: an arrival stamp older than this before the read is taken for a clock step, not believed
+STAMP_MAX_AGE = 5.0
 
 
 class Edge:
@@ -48,6 +58,13 @@ class Edge:
         #: (loop time, message) of the latest failed send, e.g. the network went away
         self.last_send_error: tuple[float, str] | None = None
         self.loop = loop or asyncio.get_running_loop()
+        #: the kernel stamps arrivals (sockets.arrival_stamps was granted on this socket)
+        self.stamped = False
+        if isinstance(sock, socket.socket) and STAMP_SPACE:
+            try:
+                self.stamped = sock.getsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS) == 1
+            except OSError:
+                pass
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._backlog: list[bytes] = []
@@ -59,7 +76,7 @@ class Edge:
         self._rejected_seen: dict[str, int] = {}
         self._reports = 0
         self._report_timer: asyncio.TimerHandle | None = None
-        # (datagram, sender address, loop time it was read)
+        # (datagram, sender address, loop time it arrived, see _drain)
         self._urgent: deque[tuple[bytes, tuple, float]] = deque()  # repairs and NACKs
         self._queue: deque[tuple[bytes, tuple, float]] = deque()  # the rest, in order
         self._resume: asyncio.Handle | None = None
@@ -99,19 +116,35 @@ class Edge:
 
     def _drain(self) -> None:
         """Move what the kernel holds into the queues (up to QUEUE_MAX)."""
-        recv = self.sock.recvfrom
         urgent, queue, is_urgent = self._urgent, self._queue, self.engine.urgent
         room = QUEUE_MAX - len(queue) - len(urgent)
         now = self.loop.time()
+        if self.stamped:
+            recvmsg, unpack = self.sock.recvmsg, TIMESPEC.unpack_from
+            # kernel stamps are wall-clock time; the loop's clock is monotonic
+            offset = time.time() - now
+            oldest = now - STAMP_MAX_AGE
+        else:
+            recv = self.sock.recvfrom
         for _ in range(room):
             try:
-                data, addr = recv(RECV_SIZE)
+                if self.stamped:
+                    data, anc, _flags, addr = recvmsg(RECV_SIZE, STAMP_SPACE)
+                    at = now
+                    for level, kind, raw in anc:
+                        if (level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS
+                                and len(raw) >= TIMESPEC.size):
+                            sec, ns = unpack(raw)
+                            at = min(now, max(oldest, sec + ns * 1e-9 - offset))
+                else:
+                    data, addr = recv(RECV_SIZE)
+                    at = now
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as err:  # e.g. ICMP errors reported on the socket
                 self._fault("receive failed: %s", err)
                 break
-            (urgent if is_urgent(data) else queue).append((data, addr, now))
+            (urgent if is_urgent(data) else queue).append((data, addr, at))
         n = len(queue) + len(urgent)
         if n > self.queue_peak:
             self.queue_peak = n

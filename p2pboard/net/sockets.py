@@ -15,6 +15,9 @@
 * **TTL** 1 by default (the LAN only); BSD and macOS want it as one byte.
 * **Buffers**: a large receive buffer is asked for and what the kernel granted is reported
   (Linux caps it at ``net.core.rmem_max`` and reports double the usable size).
+* **Arrival times**: on Linux ``SO_TIMESTAMPNS`` makes the kernel stamp each datagram
+  when it arrives; the edge reads it with ``recvmsg`` (elsewhere, or if refused, the edge
+  stamps a datagram when it reads it).
 
 Tested on Linux (CI, in network namespaces). The macOS and Windows branches follow their
 documented behaviour and have not been run.
@@ -37,6 +40,8 @@ IS_WINDOWS = sys.platform.startswith("win")
 IS_BSD = sys.platform == "darwin" or "bsd" in sys.platform
 #: Linux's IP_MULTICAST_ALL (missing from older Python builds).
 IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
+#: Linux's SO_TIMESTAMPNS (asm-generic; not exported by Python's socket module).
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 
 
 class MulticastSetupError(OSError):
@@ -65,6 +70,18 @@ class SocketInfo:
     rcvbuf_requested: int  #: SO_RCVBUF asked for, in bytes
     rcvbuf_granted: int  #: SO_RCVBUF as getsockopt reports it (Linux: twice the usable size)
     sndbuf_granted: int  #: SO_SNDBUF as getsockopt reports it
+    arrival_stamps: bool = False  #: the kernel stamps each datagram's arrival (Linux)
+
+
+def arrival_stamps(sock: socket.socket) -> bool:
+    """Ask the kernel to stamp each datagram's arrival (Linux); True if it will."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        return sock.getsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS) == 1
+    except OSError:
+        return False
 
 
 def _check_group(group: str) -> None:
@@ -130,7 +147,8 @@ def open_multicast_socket(group: str, port: int, iface: str | None = None, *, tt
         sock.setblocking(False)
         info = SocketInfo(group, port, iface, rcvbuf,
                           sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
-                          sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+                          sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+                          arrival_stamps(sock))
     except OSError as err:
         if sock is not None:
             sock.close()
