@@ -1625,9 +1625,15 @@ class Engine:
                 or (self._quarantine and self._quarantined(h.sender, now))):
             self.stats.ignored_parity += 1
             return
-        # Nothing is announced: parity that overtook its block's data in our receive queue
-        # (a repair jumps it) would otherwise make us NACK datagrams still queued here. It
-        # waits until the block's datagrams have come or are known missing.
+        if not h.flags & wire.FLAG_REPAIR:
+            # Proactive parity comes right behind its block, in order (it does not jump
+            # receive queues): whatever of the block we lack now is lost, even its last
+            # datagram, which nothing else would show missing until the next block came
+            # (at a slowed pacer's rate, tens of milliseconds).
+            self._announce(src, last, now)
+        # Parity answering a NACK announces nothing: it jumps receive queues, and would
+        # make us NACK datagrams still queued here. It waits until the block's datagrams
+        # have come or are known missing.
         if all(s <= src.contiguous or s in src.held for s in p.seqs):
             self.stats.ignored_parity += 1
             return

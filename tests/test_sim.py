@@ -864,6 +864,34 @@ def test_a_paste_to_busy_receivers_is_rebuilt_from_the_parity_in_their_queues(se
     assert after_nack < 0.12 and nacks < 0.15, (after_nack, nacks)
 
 
+def test_a_lost_last_datagram_of_a_block_is_rebuilt_when_its_parity_arrives():
+    """Nothing but the parity behind it shows a block's last datagram missing: the parity
+    announces the block, and the loss is rebuilt at once, not when the next block comes
+    (at this pacer's rate, 40 ms later)."""
+    net = SimNet(15, size=(320, 240))
+    a = net.add_peer(rate=500_000)
+    b = net.add_peer()
+    net.run_for(1.0)
+    lost = 160  # the end of block 9, after the pacer's first burst
+    net.filter = lambda s, d, dg: not (dg[3] == wire.MsgType.DATA and not dg[4] & wire.FLAG_REPAIR
+                                       and int.from_bytes(dg[9:13], "big") == lost)
+    a.engine.proactive = 2
+    net.act(a, lambda e, now: e.paste(_noise(320, 240, 15), 0, 0, now))
+    sent = rebuilt = None
+    while rebuilt is None:
+        net.run_for(0.0005)
+        if sent is None and a.engine._sent_seq >= lost:
+            sent = net.now
+        if b.engine.stats.parity_rebuilt:
+            rebuilt = net.now
+        assert net.now < 10
+    assert a.engine._sent_seq == lost  # the next block has not left yet
+    assert rebuilt - sent < 0.002, (sent, rebuilt)
+    net.settle(limit=60)
+    assert b.engine.stats.nacks_sent == 0 and b.engine.stats.parity_rebuilt == 1
+    assert b.engine.board.digest() == a.engine.board.digest()
+
+
 def test_proactive_parity_per_block_is_the_fewest_that_leaves_few_losses_for_a_round_trip():
     from p2pboard.session import PROACTIVE_MAX, _parity_for
     assert [_parity_for(r) for r in (0.0, 0.01, 0.05, 0.1, 0.15)] == [0, 2, 4, 6, 8]

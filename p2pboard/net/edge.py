@@ -164,9 +164,8 @@ class Edge:
                 break
             engine.backlog = len(urgent) + len(queue)
             try:
-                # ``at``: when it was read. Round trips and repair delays measured by the
-                # engine are then those of the network, not of our own backlog (which
-                # repairs and NACKs skip anyway).
+                # ``at``: when it arrived (see _drain), not now: round trips and repair
+                # delays measured by the engine are the network's, not our backlog's.
                 engine.receive_datagram(data, addr, at)
             except Exception:  # noqa: BLE001 - a bug must not take the peer down
                 self._fault("engine failed on a datagram", exc_info=True)
