@@ -5,12 +5,12 @@ DATA numbers, or in a peer's SESSION count); a missing one that turns up later w
 not lost. The meter counts both over a sliding window of about the last thousand numbers
 (halving the counts whenever the window fills), and reports a lower confidence bound
 (Wilson, 99% one-sided): a peer that heard 70 datagrams and missed 7 reports 4.3%, not
-10%, and one that missed 1 of 32 reports 0.4%, less than an author acts on. Peers send the bound in their SESSION
-(wire.Session.loss); an author about to send a block takes the lossiest receiver's bound
-as the floor of its proactive parity (session.Engine._adapt_parity), so a paste meets
-loss the receivers already knew about with parity from its first block, instead of
-waiting for their NACKs (which a receiver behind on a big paste sends only once it gets
-there).
+10%, and one that missed 1 of 32 reports 0.4%, less than an author acts on. Peers send
+the bound in their SESSION (wire.Session.loss); an author about to send a block takes the
+lossiest receiver's bound as the floor of its proactive parity
+(session.Engine._adapt_parity), so a paste meets loss the receivers already knew about
+with parity from its first block, instead of waiting for their NACKs (which a receiver
+behind on a big paste sends only once it gets there).
 
 Limit: one figure for all sources. On a switched LAN a receiver's loss is mostly its own
 link or a busy host, the same for every sender; a single lossy sender's link shows in the

@@ -46,9 +46,9 @@ receive queue does not NACK a gap whose block's parity may be among them.
 *Late join.* A new peer asks for a snapshot (SNAP_REQ). A synced peer answers after a short
 random delay unless another answered first: SNAP_META, then the state (store.dump) in
 chunks, which the joiner NACKs by chunk until complete (a snapshot still on its way is
-offered again rather than queued twice). The snapshot says up to which
-datagram it covers each source; the joiner continues from there. The board is a CRDT, so
-merging a snapshot with whatever arrived meanwhile is always safe.
+offered again rather than queued twice). The snapshot says up to which datagram it covers
+each source; the joiner continues from there. The board is a CRDT, so merging a snapshot
+with whatever arrived meanwhile is always safe.
 
 *Bounds.* Every table keyed by something a peer sends is capped: sources, peers, missing
 numbers per source (the receive window), the repair cache (bytes), hold-downs, snapshot size.

@@ -6,12 +6,12 @@ costs a few microseconds; decoding and applying, tens), then hands the engine a 
 remain. Each datagram goes to the engine with ``now`` the loop time it arrived: the
 kernel's arrival stamp where the socket has them (``SO_TIMESTAMPNS``), else the time it
 was read. The round trips and repair delays the engine measures are then the network's,
-not our own backlog's, nor when this loop happened to read (a block that arrived in
-0.2 ms but was read in two wake-ups 10 ms apart would look 10 ms long). Repairs and NACKs jump that queue (:meth:`Engine.urgent`):
-a peer that is behind on a big paste still answers and takes repairs within
-milliseconds, so a repair is not stuck behind a second of backlog and the others see it
-in time to suppress their own. The queue is bounded (:data:`QUEUE_MAX`); past it the
-kernel's buffer holds the rest, then drops, and the gaps are repaired like any loss.
+not our own backlog's, nor when this loop happened to read. Repairs and NACKs jump that
+queue (:meth:`Engine.urgent`): a peer that is behind on a big paste still answers and
+takes repairs within milliseconds, so a repair is not stuck behind a second of backlog
+and the others see it in time to suppress their own. The queue is bounded
+(:data:`QUEUE_MAX`); past it the kernel's buffer holds the rest, then drops, and the gaps
+are repaired like any loss.
 
 It sends what the engine wants sent and keeps exactly one timer armed at the engine's
 next deadline. A bad datagram can never stop it: the engine counts and drops, and
