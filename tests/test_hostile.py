@@ -261,3 +261,28 @@ def test_a_flood_of_snapshot_requests_queues_one_snapshot_at_a_time():
         assert net.now - t0 < 30, "the join did not finish"
     net.settle(limit=60)
     assert late.engine.board.digest() == b.engine.board.digest() == e.board.digest()
+
+
+def test_a_peer_claiming_total_loss_costs_pastes_at_most_the_parity_cap():
+    """Any receiver may really be losing most of what it gets, so its report is believed:
+    a hostile one that claims 100% loss (or skips SESSION numbers to make others count
+    losses) raises every author's proactive parity, but never past PROACTIVE_MAX per
+    block, and nothing else changes."""
+    net = SimNet(29, size=(320, 240))
+    a, b = start(net, 2)[:2]
+    liar = 0x11AB
+    size = (320, 240)
+    for n in range(12):  # a SESSION a second, each count 200 ahead of the one before
+        s = wire.Session("liar", (1, 2, 3, 255), 0, (), count=n * 200, loss=0xFFFF)
+        for e in (a.engine, b.engine):
+            e.receive_datagram(wire.encode_session(liar, 0, size, s), ATTACKER, net.now)
+        net.run_for(1.0)
+    assert b.engine.loss_meter.rate > 0.9  # it counted 199 missed per SESSION
+    net.act(a, lambda e, now: e.paste(np.random.default_rng(29).integers(
+        0, 256, (240, 320, 4), dtype=np.uint8), 0, 0, now))
+    net.settle(limit=60)
+    st = a.engine.stats
+    blocks = -(-a.engine.seq // wire.FEC_K)
+    assert a.engine.proactive == session.PROACTIVE_MAX
+    assert st.parity_proactive <= session.PROACTIVE_MAX * blocks
+    assert b.engine.board.digest() == a.engine.board.digest()
