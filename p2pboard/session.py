@@ -2293,12 +2293,12 @@ MAX_REPAIR_QUEUE = 8192
 #: Snapshots asked for one source's gaps before they are declared lost; up to
 #: MAX_GIVE_UPS while its author is alive or a peer says it holds them.
 GIVE_UPS = 3
+MAX_GIVE_UPS = 12
 #: A SESSION count further on than this from the last one heard is a restart of the
 #: count, not that many missed (and one this far behind is an old one, late).
 SESSION_COUNT_JUMP = 256
 #: Snapshots a server keeps for the NACKs of their joiners (least recently used dropped).
 MAX_SNAPSHOTS_KEPT = 4
-MAX_GIVE_UPS = 12
 #: Repairs held until we learn their datagram exists: at most this many, this far ahead.
 MAX_EARLY_REPAIRS = 2048
 EARLY_REPAIR_AHEAD = 2048
