@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import raster
+from . import loss, raster
 from .config import Config
 from .events import Event
 from .net.edge import Edge
@@ -43,6 +43,9 @@ class PeerInfo:
     loss_rate: float  #: share of its datagrams that we found missing (then repaired)
     joining: bool
     rtt: float | None = None  #: round trip time in seconds (None until measured)
+    #: share of what is sent to it that it says it misses (a lower bound, from its
+    #: session messages: it shows a bad link even for a peer that does not draw)
+    reported_loss: float = 0.0
 
     @property
     def lag(self) -> float | None:
@@ -51,7 +54,7 @@ class PeerInfo:
 
     @classmethod
     def of(cls, p: Peer) -> PeerInfo:
-        return cls(p.id, p.name, p.color, p.loss_rate, p.joining, p.rtt)
+        return cls(p.id, p.name, p.color, p.loss_rate, p.joining, p.rtt, p.loss / loss.SCALE)
 
 
 def _color(color: Sequence[int]) -> Color:

@@ -830,6 +830,10 @@ def test_receivers_measure_their_loss_before_anything_is_drawn():
     # what the lossiest says, an author sets its parity by: sure of at least 3%
     reported = [p.loss / 65535 for p in peers[0].engine.peers.values()]
     assert len(reported) == 8 and 0.03 < max(reported) <= max(m.rate for m in meters)
+    from p2pboard.api import PeerInfo  # the app shows it in its peer list
+
+    shown = [PeerInfo.of(p).reported_loss for p in peers[0].engine.peers.values()]
+    assert shown == reported
     clean = SimNet(14)
     quiet = start(clean, 9)
     clean.run_for(12.0)

@@ -385,3 +385,18 @@ def test_a_peer_with_another_canvas_size_is_reported_in_the_window(setup, tmp_pa
         assert s["popup_title"] == "Different canvas size"
     finally:
         big.quit()
+
+
+def test_the_peer_list_shows_the_worse_of_its_data_loss_and_the_loss_it_reports():
+    """A peer that never draws has no data of its own to lose: the loss it reports in its
+    session messages is what shows a bad link to it."""
+    require_display_tools()
+    from p2pboard.api import PeerInfo
+    from p2pboard.ui.app import link_health
+
+    quiet_but_lossy = PeerInfo(1, "a", (0, 0, 0, 255), 0.0, False, 0.002, 0.12)
+    assert link_health(quiet_but_lossy) == "[color=c62828]loss 12.0% · lag 1.0 ms[/color]"
+    drawing = PeerInfo(2, "b", (0, 0, 0, 255), 0.03, False, 0.002, 0.0)
+    assert link_health(drawing) == "[color=b26a00]loss 3.0% · lag 1.0 ms[/color]"
+    fine = PeerInfo(3, "c", (0, 0, 0, 255), 0.0, False, 0.002, 0.001)
+    assert link_health(fine) == "loss 0.1% · lag 1.0 ms"

@@ -126,10 +126,12 @@ def link_health(p) -> str:
     if p.joining:
         return "joining…"
     lag = "lag …" if p.lag is None else f"lag {1000 * p.lag:.1f} ms"
-    text = f"loss {100 * p.loss_rate:.1f}% · {lag}"
+    # What we miss of its drawing, or what it says it misses of everyone's, the worse.
+    lost = max(p.loss_rate, p.reported_loss)
+    text = f"loss {100 * lost:.1f}% · {lag}"
     # People notice drawing arriving ~100 ms late; loss is repaired, but heavy loss slows it.
-    bad = p.loss_rate >= 0.10 or (p.lag or 0) >= 0.2
-    poor = p.loss_rate >= 0.02 or (p.lag or 0) >= 0.05
+    bad = lost >= 0.10 or (p.lag or 0) >= 0.2
+    poor = lost >= 0.02 or (p.lag or 0) >= 0.05
     if bad:
         return f"[color=c62828]{text}[/color]"
     if poor:
