@@ -161,3 +161,64 @@ def test_a_full_send_buffer_holds_data_back_and_the_engine_waits_for_it():
         ed.close()
 
     asyncio.run(main())
+
+
+class StreamSocket(FullSocket):
+    """A datagram becomes readable every ``gap`` seconds of loop time. Its fd polls
+    readable all the time, so the loop calls the edge whenever it watches the socket: how
+    many datagrams each read finds is the edge's own choice."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, gap: float, count: int) -> None:
+        super().__init__(room=10_000)
+        self._pair[1].send(b"x")
+        self.loop, self.gap, self.t0 = loop, gap, loop.time()
+        self.items = [data(s) for s in range(1, count + 1)]
+        self.taken = 0
+        self.batches = 0  #: reads that found datagrams
+        self._streak = 0
+
+    def recvfrom(self, n: int):
+        due = min(len(self.items), int((self.loop.time() - self.t0) / self.gap))
+        if self.taken >= due:
+            if self._streak:
+                self.batches += 1
+                self._streak = 0
+            raise BlockingIOError
+        self.taken += 1
+        self._streak += 1
+        return self.items[self.taken - 1], ("10.0.0.9", 5000)
+
+
+def stream_through_edge(gap: float, count: int):
+    """Run a stream through a started edge: (all in order, batches read, pauses)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        e = Engine(Config(size=SIZE), peer_id=1, now=loop.time())
+        got: list[bytes] = []
+        real = e.receive_datagram
+        e.receive_datagram = lambda d, a, now: (got.append(d), real(d, a, now))
+        sock = StreamSocket(loop, gap, count)
+        ed = Edge(e, sock, ("239.0.0.1", 5000), loop=loop)
+        ed.start()
+        deadline = loop.time() + 20 + count * gap
+        while len(got) < count and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        ed.close()
+        return got == sock.items, sock.batches, ed.pauses
+
+    return asyncio.run(main())
+
+
+def test_a_fast_stream_is_read_in_batches_and_mouse_rate_at_once():
+    """At 10,000 datagrams a second (a paste on a fast LAN) the edge, once caught up,
+    stops watching the socket for a moment so that each wake-up reads a batch. At mouse
+    rate it never waits."""
+    in_order, batches, pauses = stream_through_edge(gap=1e-4, count=1000)
+    assert in_order
+    assert pauses >= 20
+    # Watching all the time, the edge would read each datagram as it came: 1,000 reads.
+    assert batches <= 1000 // 4
+    in_order, batches, pauses = stream_through_edge(gap=5e-3, count=30)
+    assert in_order
+    assert pauses == 0 and batches == 30

@@ -11,7 +11,10 @@ queue (:meth:`Engine.urgent`): a peer that is behind on a big paste still answer
 takes repairs within milliseconds, so a repair is not stuck behind a second of backlog
 and the others see it in time to suppress their own. The queue is bounded
 (:data:`QUEUE_MAX`); past it the kernel's buffer holds the rest, then drops, and the gaps
-are repaired like any loss.
+are repaired like any loss. While datagrams stream in faster than mouse rate (a paste, a
+snapshot), the edge, once caught up, stops watching the socket for up to a millisecond so
+that the next wake-up reads a batch (:data:`COALESCE_RATE`): a wake-up costs about as
+much as decoding a datagram, and the arrival stamps keep the engine's timings true.
 
 It sends what the engine wants sent and keeps exactly one timer armed at the engine's
 next deadline. A bad datagram can never stop it: the engine counts and drops, and
@@ -39,6 +42,15 @@ RECV_SIZE = 2048  # larger than any valid datagram, so oversized ones are seen a
 QUEUE_MAX = 8192  # datagrams read ahead of the engine (about 10 MB at most)
 PROCESS_BATCH = 128  # datagrams given to the engine before yielding to the loop
 REJECT_REPORT = 10.0  # seconds between summaries of what was refused
+#: Receive coalescing. While datagrams stream in at COALESCE_RATE a second or more (a paste,
+#: a snapshot), the edge, once caught up, stops watching the socket for
+#: ``min(COALESCE_MAX, COALESCE_BATCH / rate)`` seconds and lets the kernel gather a batch:
+#: a wake-up (epoll, the loop, a context switch) costs as much as decoding a datagram.
+#: Strokes at mouse rate stay below the rate and are read the moment they arrive.
+COALESCE_RATE = 3000.0
+COALESCE_BATCH = 16
+COALESCE_MAX = 0.001
+RATE_WINDOW = 0.01  # seconds over which the arrival rate is counted
 TIMESPEC = struct.Struct("@qq")  # struct timespec: seconds, nanoseconds
 STAMP_SPACE = socket.CMSG_SPACE(TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
 #: an arrival stamp older than this before the read is taken for a clock step, not believed
@@ -82,9 +94,17 @@ class Edge:
         self._resume: asyncio.Handle | None = None
         #: most datagrams ever waiting in the edge's queue
         self.queue_peak = 0
+        # arrival rate, counted over RATE_WINDOW; and the pause that coalesces reads
+        self._window_at = 0.0
+        self._window_count = 0
+        self.rate = 0.0  #: datagrams a second arriving, as last counted
+        self._paused: asyncio.TimerHandle | None = None
+        self._watching = False  # the loop watches the socket (start() was called)
+        self.pauses = 0  #: times reading was paused to let a batch gather
 
     def start(self) -> None:
         self.loop.add_reader(self.sock.fileno(), self._readable)
+        self._watching = True
         self._report_timer = self.loop.call_later(1.0, self._report_rejections)
         self.pump()
 
@@ -148,6 +168,10 @@ class Edge:
         n = len(queue) + len(urgent)
         if n > self.queue_peak:
             self.queue_peak = n
+        self._window_count += n - (QUEUE_MAX - room)
+        if now - self._window_at >= RATE_WINDOW:
+            self.rate = self._window_count / (now - self._window_at)
+            self._window_at, self._window_count = now, 0
 
     def _process(self) -> None:
         """Urgent datagrams, then a batch of the rest; come back soon if some remain."""
@@ -170,9 +194,25 @@ class Edge:
             except Exception:  # noqa: BLE001 - a bug must not take the peer down
                 self._fault("engine failed on a datagram", exc_info=True)
         engine.backlog = len(urgent) + len(queue)
-        if (urgent or queue) and self._resume is None:
-            self._resume = self.loop.call_soon(self._continue)
+        if urgent or queue:
+            if self._resume is None:
+                self._resume = self.loop.call_soon(self._continue)
+        elif self.rate >= COALESCE_RATE and self._watching:
+            # caught up on a stream: let the next batch gather in the kernel
+            self.loop.remove_reader(self.sock.fileno())
+            self._watching = False
+            self._paused = self.loop.call_later(min(COALESCE_MAX, COALESCE_BATCH / self.rate),
+                                                self._unpause)
+            self.pauses += 1
         self.pump()
+
+    def _unpause(self) -> None:
+        self._paused = None
+        if self.closed:
+            return
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+        self._watching = True
+        self._readable()
 
     def _continue(self) -> None:
         self._resume = None
@@ -318,6 +358,8 @@ class Edge:
             self._timer.cancel()
         if self._resume is not None:
             self._resume.cancel()
+        if self._paused is not None:
+            self._paused.cancel()
         self._urgent.clear()
         self._queue.clear()
         if self._report_timer is not None:
