@@ -742,14 +742,14 @@ def test_proactive_parity_follows_the_loss_and_goes_away_with_it():
     # real loss by their meters' window (loss.WINDOW) and a SESSION interval; above it,
     # one fewer after every quiet sample of 16 blocks.
     per_paste = []
-    for seed in range(4):
+    for seed in range(5):
         before = st.parity_proactive
         img = _noise(640, 480, 100 + seed)
         net.act(a, lambda e, now: e.paste(img, 0, 0, now))
         net.settle(limit=60)
         per_paste.append(st.parity_proactive - before)
     assert per_paste == sorted(per_paste, reverse=True) and per_paste[-1] == 0, per_paste
-    assert sum(per_paste) < 800, per_paste  # measured: 369, 267, 51, 0
+    assert sum(per_paste) < 800, per_paste  # measured: 311, 198, 112, 24, 0
     assert a.engine.proactive == 0
     assert max(p.loss for p in a.engine.peers.values()) / 65535 < PROACTIVE_FLOOR_MIN
     assert all(p.engine.board.digest() == a.engine.board.digest() for p in peers)
