@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/bench.py ui [--peers 8] [--strokes 40] [--write]
     .venv/bin/python scripts/bench.py compare [--quick] [--write] [--rates ...] [--only ...]
+    .venv/bin/python scripts/bench.py receive [--quick] [--write]
 
 ``ui``: a real p2pboard window (Kivy, under Xvfb) on a 1920x1080 board while N headless
 peer processes draw strokes at mouse rate at the same time. Sampled from the window four
@@ -21,6 +22,10 @@ that tests/test_bench.py runs: it checks that every system ran and converged, no
 ``--profile SYSTEM:WORKLOAD:INDEX`` runs that peer under py-spy. How it works and its
 limits: scripts/bench_compare.py (runs), bench_peer.py (one peer), bench_systems.py (the
 competitors), bench_report.py (tables, plots, targets), bench_profile.py (py-spy summary).
+
+``receive``: what receiving the same photo costs one peer, in process and through a real
+socket at several rates, with the edge's read coalescing on and off
+(scripts/bench_receive.py).
 """
 
 from __future__ import annotations
@@ -279,6 +284,29 @@ was busy."""]
     return 1 if bad or missing else 0
 
 
+def receive_main(argv: list[str]) -> int:
+    """``bench.py receive``: see scripts/bench_receive.py."""
+    import bench_receive
+
+    ap = argparse.ArgumentParser(prog="bench.py receive",
+                                 description=bench_receive.__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: 500 datagrams at one rate (CI runs it)")
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--write", action="store_true", help="write docs/BENCHMARKS.md")
+    a = ap.parse_args(argv)
+    ensure_netns()
+    data = bench_receive.run(progress, quick=a.quick)
+    data.update(command=" ".join(["scripts/bench.py receive", *argv]), machine=machine(),
+                date=time.strftime("%Y-%m-%d %H:%M"))
+    print(json.dumps(data, indent=1))
+    if a.json:
+        Path(a.json).write_text(json.dumps(data, indent=1))
+    if a.write:
+        write_section("receive", bench_receive.markdown(data))
+    return 0 if all(r["got"] == r["datagrams"] for r in data["socket"]) else 1
+
+
 def write_section(name: str, text: str) -> None:
     path = ROOT / "docs" / "BENCHMARKS.md"
     doc = path.read_text() if path.exists() else "# Benchmarks\n"
@@ -295,8 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "compare":
         return compare_main(argv[1:])
+    if argv and argv[0] == "receive":
+        return receive_main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("workload", choices=["ui", "compare"])
+    ap.add_argument("workload", choices=["ui", "compare", "receive"])
     ap.add_argument("--peers", type=int, default=8)
     ap.add_argument("--strokes", type=int, default=40)
     ap.add_argument("--write", action="store_true", help="write docs/BENCHMARKS.md")

@@ -35,3 +35,26 @@ def test_compare_quick_runs_every_system_and_converges(tmp_path):
         assert x["ran"], x
         if x["expect_converge"]:
             assert x["converged"], x
+
+
+@pytest.mark.timeout(120)
+def test_receive_quick_measures_a_receiver_with_and_without_coalescing(tmp_path):
+    """``bench.py receive --quick`` (its own namespace): the in-process split and one
+    receiver through a real socket, coalescing on and off, every datagram received."""
+    out = tmp_path / "receive.json"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "receive",
+                        "--quick", "--json", str(out)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=110, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert data["datagrams"] == 500
+    assert set(data["in_process"]) == {"decode", "decode_apply", "engine"}
+    runs = data["socket"]
+    assert sorted(x["coalesce"] for x in runs) == [False, True]
+    for x in runs:
+        assert x["got"] == 500 and x["stamped"] and x["us_per_datagram"] > 0, x
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_receive
+
+    data.update(command="bench.py receive --quick", date="today", machine="this one")
+    assert "| 10,000 | on |" in bench_receive.markdown(data)
