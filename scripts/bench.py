@@ -263,8 +263,9 @@ def compare_main(argv: list[str]) -> int:
         text = [f"""## Where p2pboard's receive path spends its time
 
 Command: `{data['command']}` ({data['date']}; {machine()}). py-spy samples the
-named peer process (a receiver) during the run; percentages are of the samples in which it
-was busy."""]
+named peer process (a receiver) from "go" until everything was delivered (not its start-up
+and join); percentages are of the samples py-spy took as busy, which include the event
+loop's wait in `epoll` (`EpollSelector.select`): the rest is the peer's own work."""]
         for path in bc.PROFILES:
             if path.exists():
                 text.append(bench_profile.markdown(path, path.stem))

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import statistics
 import subprocess
 import sys
@@ -106,17 +107,17 @@ class Proc:
         self.name = name
         self.err = logdir / f"{name}.err"
         argv = [sys.executable, str(ROOT / "scripts" / "bench_peer.py"), json.dumps(cfg)]
-        # BENCH_PROFILE="system:workload:index,...": run those peers under py-spy, writing
+        # BENCH_PROFILE="system:workload:index,...": sample those peers with py-spy from
+        # "go" until everything was delivered (not their start-up and joining), writing
         # collapsed stacks to BENCH_PROFILE_DIR/system-workload-index.txt
         wanted = os.environ.get("BENCH_PROFILE", "").split(",")
         key = f"{cfg['system']}:{cfg['workload'].get('name')}:{cfg['index']}"
+        self.profile_out: Path | None = None
+        self._spy: subprocess.Popen | None = None
         if key in wanted:
-            out = Path(os.environ.get("BENCH_PROFILE_DIR", logdir)) / (
+            self.profile_out = Path(os.environ.get("BENCH_PROFILE_DIR", logdir)) / (
                 key.replace(":", "-") + ".txt")
-            spy = Path(sys.executable).parent / "py-spy"
-            argv = [str(spy) if spy.exists() else "py-spy", "record", "--rate", "250", "--format", "raw", "--nonblocking",
-                    "--output", str(out), "--", *argv]
-            PROFILES.append(out)
+            PROFILES.append(self.profile_out)
         self.proc = lan.run(host, argv,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=open(self.err, "w"), text=True, bufsize=1, cwd=ROOT,
@@ -126,9 +127,30 @@ class Proc:
 
     def _read(self) -> None:
         for line in self.proc.stdout:
-            if line.startswith("{"):  # py-spy, when profiling, talks on the same stdout
+            if line.startswith("{"):
                 self.q.put(line)
         self.q.put("")
+
+    def start_profile(self) -> None:
+        """Attach py-spy (if this peer is to be profiled); the network namespace does not
+        matter to it, the process id is the same everywhere (``ip netns exec`` execs)."""
+        if self.profile_out is None:
+            return
+        spy = Path(sys.executable).parent / "py-spy"
+        self._spy = subprocess.Popen(
+            [str(spy) if spy.exists() else "py-spy", "record", "--pid", str(self.proc.pid),
+             "--rate", "250", "--format", "raw", "--nonblocking", "--output",
+             str(self.profile_out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)  # attached before the workload starts
+
+    def stop_profile(self) -> None:
+        if self._spy is not None:
+            self._spy.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+            try:
+                self._spy.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._spy.kill()
+            self._spy = None
 
     def send(self, line: str) -> None:
         self.proc.stdin.write(line + "\n")
@@ -153,6 +175,7 @@ class Proc:
         return self.expect(event, timeout)
 
     def quit(self) -> None:
+        self.stop_profile()  # a run that failed half way
         try:
             if self.proc.poll() is None:
                 self.send("quit")
@@ -247,6 +270,8 @@ def run_system(lan: Lan, wl: Workload, system: str, rate: str, port: int,
         before = [lan.link_counters(i) for i in range(n + 1)]
         everyone = procs + ([server] if server else [])
         for p in everyone:
+            p.start_profile()
+        for p in everyone:
             p.send("go")
         drawn = [p.expect("drawn", wl.timeout + 30) for p in everyone]
         t_drawn = time.monotonic()
@@ -295,6 +320,8 @@ def run_system(lan: Lan, wl: Workload, system: str, rate: str, port: int,
         after = [lan.link_counters(i) for i in range(n + 1)]
         if wl.kind == "idle":
             elapsed = max(elapsed, 1e-3)
+        for p in everyone:
+            p.stop_profile()
         reports = [p.ask("report", "report", 120) for p in procs]
         srv = server.ask("report", "report", 60) if server else None
         res.ran = True
