@@ -8,7 +8,7 @@ block's size (up to 32 MiB). From then on, blocks of up to several megabytes com
 heap and its per-thread arenas, and freed ones stay there, fragmented, as resident memory
 nothing uses. Fixing the threshold turns that adjustment off. Measured with
 ``scripts/soak.py --peers 6 --minutes 2 --seed 2026``: a fresh peer 148 MB resident before,
-77 MB after; at the end, 223-359 MB before, 118-175 MB after (docs/RELIABILITY.md).
+77 MB after; the six peers at the end, 292-359 MB before, 161-168 MB after.
 
 The cost is a system call pair (and fresh pages) for each big allocation: a snapshot, an
 autosave, a paste, and per datagram only for an image piece of flat colour over 32,768
