@@ -14,7 +14,6 @@ from . import __version__
 from .config import DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_RATE, Config, ConfigError, parse_size
 from .events import (JoinComplete, OtherBoard, PeerJoined, PeerLeft, SizeMismatch,
                      Unrecoverable, VersionMismatch)
-from .heap import steady_heap
 
 log = logging.getLogger("p2pboard")
 
@@ -117,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     config = parse_config(args, parser)
-    steady_heap()
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO
                         if args.verbose or args.headless else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -361,9 +361,6 @@ def main() -> None:
     if cfg["system"] == "relay-server":
         relay_server(cfg)
     elif cfg["system"] == "p2pboard":
-        from p2pboard.heap import steady_heap
-
-        steady_heap()  # as the p2pboard command does; the other systems keep glibc's default
         asyncio.run(P2pPeer(cfg).main())
     else:
         OtherPeer(cfg).main()

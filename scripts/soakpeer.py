@@ -37,7 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 import p2pboard  # noqa: E402
-from p2pboard.heap import steady_heap  # noqa: E402
 
 
 def out(**kw) -> None:
@@ -132,7 +131,6 @@ async def main(argv=None) -> None:
     p.add_argument("--size", default="640x480")
     p.add_argument("--data-dir", default=None)
     a = p.parse_args(argv)
-    steady_heap()  # as the p2pboard command does (p2pboard/heap.py)
     w, h = (int(v) for v in a.size.split("x"))
     kw = {}
     autosave = False
