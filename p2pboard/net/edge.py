@@ -168,7 +168,7 @@ class Edge:
         n = len(queue) + len(urgent)
         if n > self.queue_peak:
             self.queue_peak = n
-        self._window_count += n - (QUEUE_MAX - room)
+        self._window_count += n - (QUEUE_MAX - room)  # datagrams read by this call
         if now - self._window_at >= RATE_WINDOW:
             self.rate = self._window_count / (now - self._window_at)
             self._window_at, self._window_count = now, 0
