@@ -208,9 +208,17 @@ def compare_main(argv: list[str]) -> int:
                     help="run these peers under py-spy: SYSTEM:WORKLOAD:INDEX,... (with "
                          "--write, their summaries go into docs/BENCHMARKS.md instead of the "
                          "comparison)")
+    ap.add_argument("--author-core", action="store_true",
+                    help="diagnostic: the author of the image workloads alone on the first "
+                         "CPU, every other process of the run on the others (not a LAN's "
+                         "conditions, so never written into the docs' tables)")
     ap.add_argument("--write", action="store_true",
                     help="write docs/BENCHMARKS.md, docs/bench/*.json and the plots")
     a = ap.parse_args(argv)
+    if a.author_core and (a.write or a.from_json):
+        ap.error("--author-core is a diagnostic: its figures are not written into the docs")
+    if a.author_core and len(os.sched_getaffinity(0)) < 2:
+        ap.error("--author-core needs at least 2 CPUs")
     if a.from_json:
         import bench_report
 
@@ -222,6 +230,8 @@ def compare_main(argv: list[str]) -> int:
             print(" | ".join(row))
         return 0
     ensure_lan_netns()
+    if a.author_core:
+        os.environ["BENCH_AUTHOR_CORE"] = "1"
     if a.profile:
         os.environ["BENCH_PROFILE"] = a.profile
         os.environ["BENCH_PROFILE_DIR"] = tempfile.mkdtemp(prefix="p2pbench-prof-")

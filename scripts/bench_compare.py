@@ -122,6 +122,12 @@ class Proc:
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=open(self.err, "w"), text=True, bufsize=1, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        if os.environ.get("BENCH_AUTHOR_CORE") == "1" and cfg["workload"].get("author") is not None:
+            # bench.py compare --author-core: `ip netns exec` execs the peer in place, so the
+            # pid is the peer's (a diagnostic: on a LAN every host has cores of its own)
+            cpus = sorted(os.sched_getaffinity(0))
+            author = cfg["index"] == cfg["workload"]["author"]
+            os.sched_setaffinity(self.proc.pid, cpus[:1] if author else cpus[1:])
         self.q: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -346,6 +352,8 @@ def measure(res: Result, wl: Workload, system: str, procs, reports, srv, before,
     res.wire_datagrams = sum(a[1] - b[1] for a, b in zip(after, before))
     res.wire_bytes = wire
     res.peak_memory_mb = round(max(r["hwm_kb"] for r in reports) / 1024, 1)
+    if os.environ.get("BENCH_AUTHOR_CORE") == "1":
+        res.extra["cpus"] = [r["cpus"] for r in reports]  # each peer's, author first
     if srv:
         res.server_cpu_s = round(srv["cpu"], 3)
         res.extra["server_peak_memory_mb"] = round(srv["hwm_kb"] / 1024, 1)

@@ -92,7 +92,8 @@ class Common:
 
     def base_report(self) -> dict:
         return dict(cpu=round(cpu_seconds() - self.cpu_go, 4), cpu_total=cpu_seconds(),
-                    hwm_kb=peak_memory_kb(), t_go=self.t_go, t_start=self.t_start)
+                    hwm_kb=peak_memory_kb(), t_go=self.t_go, t_start=self.t_start,
+                    cpus=sorted(os.sched_getaffinity(0)))
 
 
 # ---------------------------------------------------------------------------- p2pboard

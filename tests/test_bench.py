@@ -38,6 +38,28 @@ def test_compare_quick_runs_every_system_and_converges(tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_author_core_pins_the_author_alone_and_is_never_written(tmp_path):
+    """``--author-core`` (the diagnostic of the repair tail, BENCHMARKS.md): the image's
+    author alone on the first CPU, its receivers on the others; refused with --write."""
+    bench = [sys.executable, str(ROOT / "scripts" / "bench.py"), "compare"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run(bench + ["--author-core", "--write"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert r.returncode == 2 and "diagnostic" in r.stderr, r.stderr
+    require_lan()
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs")
+    out = tmp_path / "pinned.json"
+    r = subprocess.run(bench + ["--quick", "--only", "image-2", "--systems", "p2pboard",
+                                "--author-core", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=110, env=env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    [res] = json.loads(out.read_text())["results"]
+    cpus = sorted(os.sched_getaffinity(0))
+    assert res["converged"] and res["extra"]["cpus"] == [cpus[:1]] + [cpus[1:]] * 2, res
+
+
+@pytest.mark.timeout(120)
 def test_receive_quick_measures_a_receiver_with_and_without_coalescing(tmp_path):
     """``bench.py receive --quick`` (its own namespace): the in-process split and one
     receiver through a real socket, coalescing on and off, every datagram received."""
