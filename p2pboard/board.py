@@ -27,11 +27,11 @@ cap is never reached. Toggle registers are capped at :data:`MAX_TOGGLES`.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 from dataclasses import dataclass
 
 import numpy as np
+import xxhash
 
 from .ops import BACKGROUND, UNDO_WINDOW, Clear, Image, Paint, Record, Toggle
 
@@ -106,8 +106,9 @@ class Board:
         """A hash of the pixels: equal on boards that show the same picture."""
         self._sync()
         if self._digest is None or self._digest[0] != self._version:
-            self._digest = (self._version,
-                            hashlib.blake2b(self._color.data, digest_size=16).hexdigest())
+            # XXH3-128 (PROTOCOL.md, SESSION): 0.3 ms for 1920x1080 where BLAKE2b took
+            # 8 ms, and peers compare digests every second or so while they are quiet
+            self._digest = (self._version, xxhash.xxh3_128_hexdigest(self._color.data))
         return self._digest[1]
 
     @property

@@ -42,7 +42,8 @@ MAGIC = b"PB"
 #: 4: opaque image pieces leave alpha out (IMG_RGB_SUB_Z).
 #: 5: SESSION carries its own count and the loss its sender measured (proactive parity).
 #: 6: image pieces are Zstandard frames (IMG_SUB_ZSTD, IMG_RGB_SUB_ZSTD), not zlib.
-VERSION = 6
+#: 7: the board digest is XXH3-128, not BLAKE2b.
+VERSION = 7
 #: Largest UDP payload we send or accept: survives VPNs, tunnels and Wi-Fi unfragmented.
 MAX_DATAGRAM = 1200
 

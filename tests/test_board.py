@@ -314,3 +314,18 @@ def test_state_bombs_and_lies_are_refused():
 def test_blank_full_board_state_is_small():
     b = Board(1920, 1080)
     assert len(store.dump(b, {})) < 64_000
+
+
+def test_digest_is_xxh3_128_of_the_rgba_canvas_and_follows_every_change():
+    """The digest peers compare (PROTOCOL.md, SESSION): XXH3-128 of the canvas as RGBA
+    bytes, row by row; recomputed after a change, and equal on equal pixels."""
+    import xxhash
+
+    b = Board(W, H)
+    assert b.digest() == xxhash.xxh3_128_hexdigest(b.pixels.tobytes())
+    empty = b.digest()
+    b.apply(Paint(1, 1, 1, (9, 8, 7, 255), np.array([5])), 1, 1, 0)
+    assert b.digest() == xxhash.xxh3_128_hexdigest(b.pixels.tobytes()) != empty
+    other = Board(W, H)
+    other.apply(Image(2, 1, 1, 5, 0, np.array([[[9, 8, 7, 255]]], np.uint8)), 2, 1, 0)
+    assert other.digest() == b.digest()  # same pixels by another route
