@@ -100,9 +100,15 @@ class Scribbler:
         self.counts["strokes"] += 1
 
 
-def memory_breakdown(e) -> dict:
-    """Sizes of what an engine holds (private attributes: a diagnostic, may drift)."""
+def memory_breakdown(e, edge=None) -> dict:
+    """Sizes of what an engine holds (private attributes: a diagnostic, may drift), and
+    what the edge's heap trimmer gave back (heap.py)."""
     b = e.board
+    trimmed = {}
+    if edge is not None:
+        h = edge.heap
+        trimmed = {"heap_trims": h.trims, "heap_released_mb": round(h.released / 2**20, 1),
+                   "heap_trim_ms": round(h.seconds * 1e3, 1)}
     return {
         "repair_cache_mb": round(e._cache_bytes / 2**20, 1),
         "repair_cache_datagrams": len(e._cache),
@@ -119,6 +125,7 @@ def memory_breakdown(e) -> dict:
         "holddowns": len(e._holddown),
         "peers": len(e._peers),
         "queued": len(e._repairs) + len(e._data) + len(e._bulk),
+        **trimmed,
     }
 
 
@@ -174,7 +181,7 @@ async def main(argv=None) -> None:
                 np.save(args[0], np.array(board.pixels))
                 out(event="npy", digest=board.digest())
             elif cmd == "mem":
-                out(event="mem", mem=memory_breakdown(board.engine))
+                out(event="mem", mem=memory_breakdown(board.engine, board.edge))
             elif cmd == "stats":
                 e = board.engine
                 # Datagrams known to exist but not held (NACK-pending or awaiting a snapshot).

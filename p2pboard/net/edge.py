@@ -32,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from .. import heap
 from ..events import Event, Silence
 from ..session import Engine
 from .sockets import SO_TIMESTAMPNS, rejoin_group
@@ -51,6 +52,7 @@ COALESCE_RATE = 3000.0
 COALESCE_BATCH = 16
 COALESCE_MAX = 0.001
 RATE_WINDOW = 0.01  # seconds over which the arrival rate is counted
+TRIM_EVERY = 2.0  # seconds between looks at whether freed memory should go back (heap.py)
 TIMESPEC = struct.Struct("@qq")  # struct timespec: seconds, nanoseconds
 STAMP_SPACE = socket.CMSG_SPACE(TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
 #: an arrival stamp older than this before the read is taken for a clock step, not believed
@@ -101,12 +103,27 @@ class Edge:
         self._paused: asyncio.TimerHandle | None = None
         self._watching = False  # the loop watches the socket (start() was called)
         self.pauses = 0  #: times reading was paused to let a batch gather
+        self.heap = heap.Trimmer()  #: gives freed memory back to the OS (see heap.py)
+        self._trim_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self.loop.add_reader(self.sock.fileno(), self._readable)
         self._watching = True
         self._report_timer = self.loop.call_later(1.0, self._report_rejections)
+        if self.heap.available:
+            self._trim_timer = self.loop.call_later(TRIM_EVERY, self._trim)
         self.pump()
+
+    def _trim(self) -> None:
+        """Between bursts (nothing queued), give freed memory back if it has piled up."""
+        if self.closed:
+            return
+        if not (self._queue or self._urgent):
+            try:
+                self.heap.poll()
+            except Exception:  # noqa: BLE001 - memory housekeeping must not stop the peer
+                self._fault("trimming the heap failed", exc_info=True)
+        self._trim_timer = self.loop.call_later(TRIM_EVERY, self._trim)
 
     def _report_rejections(self) -> None:
         """Log what was refused since the last report: at once for the first few, then a
@@ -364,6 +381,8 @@ class Edge:
         self._queue.clear()
         if self._report_timer is not None:
             self._report_timer.cancel()
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
         try:
             self.loop.remove_reader(self.sock.fileno())
             if self._writer:
