@@ -11,8 +11,9 @@ leave it there. ``malloc_trim(0)`` hands the free pages back (``madvise``), whic
 :class:`Trimmer` calls it when resident memory has grown by :data:`GROWTH` since the last
 time, no more: memory given back is faulted in again when it is next used, so trimming
 after every paste would cost more than it saves. The edge polls it every
-``TRIM_EVERY`` seconds while its queue is empty. Where there is no glibc (macOS,
-Windows, musl) it does nothing.
+``TRIM_EVERY`` seconds, only while nothing is queued and no stream (a paste, a snapshot)
+has come in for ``TRIM_QUIET``: a trim walks the whole heap, up to tens of ms. Where
+there is no glibc (macOS, Windows, musl) it does nothing.
 
 (Fixing glibc's mmap threshold instead, so large arrays never enter the heap, was tried
 and taken out: see docs/RELIABILITY.md, "Tried, not kept".)

@@ -114,3 +114,35 @@ def test_the_edge_trims_between_bursts_only(monkeypatch):
 
     idle, busy, after_close = asyncio.run(go())
     assert idle >= 3 and busy == 0 and after_close == 0
+
+
+def test_the_edge_does_not_trim_during_a_stream(monkeypatch):
+    """A paste streaming in at 10,000 datagrams a second: no trim until it has been quiet
+    for TRIM_QUIET, even though the queue empties between the reads."""
+    from .test_edge import StreamSocket
+
+    monkeypatch.setattr(edge_mod, "TRIM_EVERY", 0.005)
+    monkeypatch.setattr(edge_mod, "TRIM_QUIET", 0.2)
+
+    async def go() -> tuple[int, int, int]:
+        loop = asyncio.get_running_loop()
+        e = Engine(Config(size=(64, 48)), peer_id=1, now=loop.time())
+        sock = StreamSocket(loop, 1e-4, 3000)
+        ed = Edge(e, sock, ("239.1.2.3", 5000), loop=loop)
+        ed.heap = counting = _Counting()
+        ed.start()
+        while sock.taken < 300:  # the stream has begun
+            await asyncio.sleep(0.001)
+        polls = counting.polls
+        while sock.taken < len(sock.items):
+            await asyncio.sleep(0.001)
+        during = counting.polls - polls
+        await asyncio.sleep(0.1)
+        soon = counting.polls - polls - during
+        await asyncio.sleep(0.3)
+        later = counting.polls - polls - during - soon
+        ed.close()
+        return during, soon, later
+
+    during, soon, later = asyncio.run(go())
+    assert during == 0 and soon == 0 and later >= 5

@@ -17,7 +17,8 @@ that the next wake-up reads a batch (:data:`COALESCE_RATE`): a wake-up costs abo
 much as decoding a datagram, and the arrival stamps keep the engine's timings true.
 
 It sends what the engine wants sent and keeps exactly one timer armed at the engine's
-next deadline. A bad datagram can never stop it: the engine counts and drops, and
+next deadline. Between bursts it lets :mod:`p2pboard.heap` give freed memory back to the
+system. A bad datagram can never stop it: the engine counts and drops, and
 anything unexpected is logged (the first few times) and survived.
 """
 
@@ -53,6 +54,7 @@ COALESCE_BATCH = 16
 COALESCE_MAX = 0.001
 RATE_WINDOW = 0.01  # seconds over which the arrival rate is counted
 TRIM_EVERY = 2.0  # seconds between looks at whether freed memory should go back (heap.py)
+TRIM_QUIET = 0.5  # ... and never sooner than this after a stream (a paste, a snapshot)
 TIMESPEC = struct.Struct("@qq")  # struct timespec: seconds, nanoseconds
 STAMP_SPACE = socket.CMSG_SPACE(TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
 #: an arrival stamp older than this before the read is taken for a clock step, not believed
@@ -104,6 +106,7 @@ class Edge:
         self._watching = False  # the loop watches the socket (start() was called)
         self.pauses = 0  #: times reading was paused to let a batch gather
         self.heap = heap.Trimmer()  #: gives freed memory back to the OS (see heap.py)
+        self._streamed_at = float("-inf")  # when the arrival rate was last a stream's
         self._trim_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -115,10 +118,12 @@ class Edge:
         self.pump()
 
     def _trim(self) -> None:
-        """Between bursts (nothing queued), give freed memory back if it has piled up."""
+        """Between bursts (nothing queued, no stream for TRIM_QUIET), give freed memory
+        back if it has piled up: a trim takes up to tens of ms on a big heap."""
         if self.closed:
             return
-        if not (self._queue or self._urgent):
+        if (not (self._queue or self._urgent)
+                and self.loop.time() - self._streamed_at >= TRIM_QUIET):
             try:
                 self.heap.poll()
             except Exception:  # noqa: BLE001 - memory housekeeping must not stop the peer
@@ -189,6 +194,8 @@ class Edge:
         if now - self._window_at >= RATE_WINDOW:
             self.rate = self._window_count / (now - self._window_at)
             self._window_at, self._window_count = now, 0
+        if self.rate >= COALESCE_RATE:
+            self._streamed_at = now
 
     def _process(self) -> None:
         """Urgent datagrams, then a batch of the rest; come back soon if some remain."""
