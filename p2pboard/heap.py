@@ -16,7 +16,7 @@ has come in for ``TRIM_QUIET``: a trim walks the whole heap, up to tens of ms. W
 there is no glibc (macOS, Windows, musl) it does nothing.
 
 (Fixing glibc's mmap threshold instead, so large arrays never enter the heap, was tried
-and taken out: see docs/RELIABILITY.md, "Tried, not kept".)
+and taken out: docs/RELIABILITY.md, below the soak's results, says why.)
 """
 
 from __future__ import annotations
