@@ -221,4 +221,6 @@ def test_a_fast_stream_is_read_in_batches_and_mouse_rate_at_once():
     assert batches <= 1000 // 4
     in_order, batches, pauses = stream_through_edge(gap=5e-3, count=30)
     assert in_order
-    assert pauses == 0 and batches == 30
+    # Never paused. (Each read finds one datagram unless the loop itself ran late, which a
+    # busy machine can make it do: the count of reads is the machine's, not the edge's.)
+    assert pauses == 0 and batches >= 15

@@ -51,6 +51,9 @@ def test_freed_blocks_pinned_in_the_heap_go_back():
     glibc's heap, resident, until the trim gives them back."""
     big = np.ones(16 * MB, np.uint8)
     del big  # freeing a mapped 16 MB block makes glibc put 1 MB blocks in its heap
+    # Free memory that earlier tests left resident in the heap would take the new blocks
+    # without the resident size growing: give it back first, so the blocks fault in afresh.
+    heap._malloc_trim()(0)
     t = heap.Trimmer(growth=32 * MB)
     start = t.base
     blocks = [np.ones(MB, np.uint8) for _ in range(128)]
