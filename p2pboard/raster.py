@@ -14,12 +14,21 @@ dozen NumPy operations; the boxes of a polyline are OR-ed into one mask of its b
 box, which yields the pixels sorted and unique without a sort. :class:`Plan` counts the
 work before doing any, so a receiver refuses a hostile record for its cost, unpaid.
 
-Only the author rasterises (peers receive the resulting pixels), but a single routine keeps
-the local preview, the API and the UI's straight-line tool identical.
+A segment whose box lies whole on the canvas (nearly every one drawn with a mouse) has a
+shape that depends only on its direction ``(dx, dy)`` and the width, not on where it is:
+those shapes are kept in a small cache (:class:`ShapeCache`, least recently used out,
+bounded in bytes), so a stroke's next segment usually costs a dictionary lookup and one
+addition instead of two dozen NumPy operations. Cached or not, the pixels are the same.
+
+The author rasterises for its own board and every receiver for its own from the stroke's
+points (STROKE records carry geometry, not pixels); one routine keeps them, the local
+preview, the API and the UI's straight-line tool identical.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -121,6 +130,9 @@ class Plan:
             return _EMPTY
         if len(parts) == 1:
             x0, y0, x1, y1, (a, b, c, d) = parts[0]
+            offsets = shapes.offsets(x0, y0, x1, y1, self.width, a, b, c, d, w)
+            if offsets is not None:
+                return offsets + (b * w + a)
             inside = _inside(x0, y0, x1, y1, self.width, a, b, c, d)
             flat = np.arange(b, d + 1, dtype=np.int64)[:, None] * w + np.arange(a, c + 1)
             return flat[inside]
@@ -134,7 +146,7 @@ class Plan:
             # whose set cells come out sorted and unique.
             mask = np.zeros((bh, bw), dtype=bool)
             for x0, y0, x1, y1, (a, b, c, d) in parts:
-                mask[b - lo_y:d - lo_y + 1, a - lo_x:c - lo_x + 1] |= _inside(
+                mask[b - lo_y:d - lo_y + 1, a - lo_x:c - lo_x + 1] |= shapes.mask(
                     x0, y0, x1, y1, self.width, a, b, c, d)
             ys, xs = np.nonzero(mask)
             return (ys + lo_y).astype(np.int64) * w + (xs + lo_x)
@@ -145,6 +157,101 @@ class Plan:
             flat = np.arange(b, d + 1, dtype=np.int64)[:, None] * w + np.arange(a, c + 1)
             out.append(flat[inside])
         return np.unique(np.concatenate(out))
+
+
+class ShapeCache:
+    """Segment shapes by ``(dx, dy, width)``, for boxes that are the segment's own
+    (``_boxes``' common case: nothing clipped, one strip), where ``_inside`` depends on
+    nothing else. Least recently used out beyond ``limit`` bytes; shapes over ``area``
+    pixels of box are never kept. Thread-safe (the UI thread draws while the network
+    decodes). What it returns is read-only and shared: callers copy before changing it."""
+
+    def __init__(self, limit: int, area: int) -> None:
+        self.limit = limit
+        self.area = area
+        self.bytes = 0  #: what the kept arrays take
+        self.hits = 0
+        self.misses = 0
+        self._masks: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+        self._offsets: OrderedDict[tuple[int, int, int, int], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _own_box(x0: int, y0: int, x1: int, y1: int, width: int, a: int, b: int, c: int,
+                 d: int) -> bool:
+        r = (width + 1) // 2
+        return (a == min(x0, x1) - r - 1 and c == max(x0, x1) + r + 1
+                and b == min(y0, y1) - r - 1 and d == max(y0, y1) + r + 1)
+
+    def mask(self, x0: int, y0: int, x1: int, y1: int, width: int, a: int, b: int, c: int,
+             d: int) -> np.ndarray:
+        """``_inside(x0, y0, x1, y1, width, a, b, c, d)``, from the cache where it can be."""
+        if ((c - a + 1) * (d - b + 1) > self.area
+                or not self._own_box(x0, y0, x1, y1, width, a, b, c, d)):
+            return _inside(x0, y0, x1, y1, width, a, b, c, d)
+        return self._mask((x1 - x0, y1 - y0, width), x0, y0, x1, y1, a, b, c, d)
+
+    def _mask(self, key, x0, y0, x1, y1, a, b, c, d) -> np.ndarray:
+        with self._lock:
+            m = self._masks.get(key)
+            if m is not None:
+                self._masks.move_to_end(key)
+                self.hits += 1
+                return m
+        m = _inside(x0, y0, x1, y1, key[2], a, b, c, d)
+        m.setflags(write=False)
+        with self._lock:
+            self.misses += 1
+            if key not in self._masks:
+                self._masks[key] = m
+                self.bytes += m.nbytes
+                self._evict()
+        return m
+
+    def offsets(self, x0: int, y0: int, x1: int, y1: int, width: int, a: int, b: int,
+                c: int, d: int, w: int) -> np.ndarray | None:
+        """The segment's pixels as flat offsets from its box's corner ``(a, b)`` on a
+        canvas ``w`` wide (sorted), or None when its shape is not cached by nature (add
+        ``b * w + a`` for the pixels)."""
+        if ((c - a + 1) * (d - b + 1) > self.area
+                or not self._own_box(x0, y0, x1, y1, width, a, b, c, d)):
+            return None
+        key = (x1 - x0, y1 - y0, width, w)
+        with self._lock:
+            o = self._offsets.get(key)
+            if o is not None:
+                self._offsets.move_to_end(key)
+                self.hits += 1
+                return o
+        m = self._mask(key[:3], x0, y0, x1, y1, a, b, c, d)
+        rows, cols = np.nonzero(m)
+        o = rows.astype(np.int64) * w + cols
+        o.setflags(write=False)
+        with self._lock:
+            if key not in self._offsets:
+                self._offsets[key] = o
+                self.bytes += o.nbytes
+                self._evict()
+        return o
+
+    def _evict(self) -> None:
+        while self.bytes > self.limit and (self._masks or self._offsets):
+            # the older of the two oldest entries goes: offsets first on a tie, since a
+            # mask can rebuild them without the full computation
+            table = self._offsets if self._offsets else self._masks
+            _, arr = table.popitem(last=False)
+            self.bytes -= arr.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._masks.clear()
+            self._offsets.clear()
+            self.bytes = self.hits = self.misses = 0
+
+
+#: The process's shape cache: 8 MB holds several thousand mouse-rate shapes (a 10-pixel
+#: brush's segment takes about 2 kB); boxes over 128x128 are computed every time.
+shapes = ShapeCache(limit=8 << 20, area=1 << 14)
 
 
 def _inside(x0: int, y0: int, x1: int, y1: int, width: int, a: int, b: int, c: int,

@@ -132,3 +132,85 @@ def test_a_polyline_is_the_union_of_its_segments(points, width):
                                      for a, b in pairs]))
     assert np.array_equal(got, want)
     assert got.dtype == np.int64
+
+
+def _uncached(points, width, w, h):
+    """The same polyline with the shape cache out of the way (every shape computed)."""
+    saved = raster.shapes
+    raster.shapes = raster.ShapeCache(limit=0, area=0)
+    try:
+        return raster.stroke_pixels(points, width, w, h)
+    finally:
+        raster.shapes = saved
+
+
+def reference_near(p0, p1, width, w):
+    """:func:`reference` on a canvas ``w`` wide, walking only the segment's box (every
+    pixel farther than width/2 from it is outside that box anyway)."""
+    (x0, y0), (x1, y1) = p0, p1
+    r2 = Fraction(width, 2) ** 2
+    dx, dy = x1 - x0, y1 - y0
+    dd = dx * dx + dy * dy
+    r = width // 2 + 1
+    out = []
+    for y in range(min(y0, y1) - r, max(y0, y1) + r + 1):
+        for x in range(min(x0, x1) - r, max(x0, x1) + r + 1):
+            t = Fraction(0) if dd == 0 else min(max(
+                Fraction((x - x0) * dx + (y - y0) * dy, dd), Fraction(0)), Fraction(1))
+            if (x - x0 - t * dx) ** 2 + (y - y0 - t * dy) ** 2 <= r2:
+                out.append(y * w + x)
+    return np.array(out, dtype=np.int64)
+
+
+inner = st.integers(40, 80)
+
+
+@settings(max_examples=150, deadline=None)
+@given(inner, inner, st.integers(-32, 32), st.integers(-32, 32), st.integers(1, 24))
+def test_cached_shapes_are_the_exact_shapes(x0, y0, dx, dy, width):
+    """Segments whose boxes lie on the canvas, where the shape cache answers: the first
+    call (computed, then kept), the second (from the cache) and the same direction drawn
+    elsewhere all match the exact rational reference."""
+    w = h = 160
+    p0, p1 = (x0, y0), (x0 + dx, y0 + dy)
+    want = reference_near(p0, p1, width, w)
+    for _ in range(2):
+        assert np.array_equal(raster.segment_pixels(p0, p1, width, w, h), want)
+    moved = raster.segment_pixels((x0 + 7, y0 + 3), (x0 + dx + 7, y0 + dy + 3), width, w, h)
+    assert np.array_equal(moved, want + 3 * w + 7)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(100, 140), st.integers(100, 140)), min_size=1,
+                max_size=10), st.integers(1, 30))
+def test_polylines_with_cached_shapes_match_computed_ones(points, width):
+    """Close points (one mask of the bounding box, OR-ed from cached shapes) and single
+    segments (cached offsets) give what computing every shape gives."""
+    for _ in range(2):
+        assert np.array_equal(raster.stroke_pixels(points, width, 300, 250),
+                              _uncached(points, width, 300, 250))
+
+
+def test_the_shape_cache_keeps_to_its_bytes_and_shares_nothing_writable():
+    cache = raster.ShapeCache(limit=64 << 10, area=1 << 14)
+    saved = raster.shapes
+    raster.shapes = cache
+    try:
+        for width in range(1, 40):
+            for dx in range(-20, 21, 5):
+                got = raster.segment_pixels((500, 500), (500 + dx, 510), width, 1000, 1000)
+                assert cache.bytes <= cache.limit
+                assert got.flags.writeable  # the caller's own array
+        assert cache.misses > 0 and cache.bytes > 0
+        hits = cache.hits
+        raster.segment_pixels((100, 100), (100 + 20, 110), 39, 1000, 1000)  # just kept
+        assert cache.hits == hits + 1
+        # a brush too wide to keep is computed every time, and never kept
+        before = cache.bytes, cache.misses
+        raster.segment_pixels((500, 500), (510, 500), 200, 1000, 1000)
+        assert (cache.bytes, cache.misses) == before
+        box = (500 - 4, 500 - 4, 510 + 4, 505 + 4)  # the segment's own (r = 3)
+        mask = cache.mask(500, 500, 510, 505, 5, *box)
+        assert not mask.flags.writeable and cache.mask(500, 500, 510, 505, 5, *box) is mask
+    finally:
+        raster.shapes = saved
