@@ -452,6 +452,11 @@ class Engine:
     def datagrams_to_send(self, now: float) -> list[bytes]:
         """Everything that may go out now, within the rate limit."""
         self._now = max(self._now, now)
+        if not (self._open or self._control or self._repairs or self._data or self._bulk
+                or self._encoding is not None):
+            # nothing waits (the edge asks after every datagram it reads)
+            self._adapt_rate(now, False)
+            return []
         self._maybe_flush(now)
         if self._encoding is not None and not self.blocked:
             self._encode_ahead(now)

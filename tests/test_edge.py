@@ -70,7 +70,10 @@ def run_edge(inbox: list[bytes], monkeypatch, batch: int = 4):
         real = e.receive_datagram
         e.receive_datagram = lambda d, a, now: (order.append(d), real(d, a, now))
         ed = Edge(e, FakeSocket(inbox), ("239.0.0.1", 5000), loop=asyncio.get_running_loop())
-        ed._readable()
+        ed._readable()  # after a quiet time: one datagram, handed over at once
+        assert order == inbox[:1] and not ed._queue
+        del order[:]
+        ed._readable()  # called again at once: a burst is waiting, read as a batch
         first = list(order)
         for _ in range(20):
             await asyncio.sleep(0)
@@ -87,9 +90,9 @@ def test_repairs_and_nacks_go_before_the_backlog_and_the_rest_keeps_its_order(mo
     ed, first, order = run_edge(backlog[:6] + [repair] + backlog[6:] + [n], monkeypatch)
     assert first[:2] == [repair, n]  # the first batch starts with them
     assert len(first) == 4  # then yields to the loop after a batch
-    assert [d for d in order if d not in (repair, n)] == backlog  # in order, every one
-    assert len(order) == 12
-    assert ed.queue_peak == 12
+    assert [d for d in order if d not in (repair, n)] == backlog[1:]  # in order, every one
+    assert len(order) == 11
+    assert ed.queue_peak == 11
 
 
 def test_the_read_ahead_queue_is_bounded(monkeypatch):
@@ -97,7 +100,39 @@ def test_the_read_ahead_queue_is_bounded(monkeypatch):
     sock_items = [data(s) for s in range(1, 21)]
     ed, first, order = run_edge(sock_items, monkeypatch, batch=2)
     assert ed.queue_peak <= 5
-    assert order == sock_items  # the kernel's buffer held the rest; nothing lost here
+    assert order == sock_items[1:]  # the kernel's buffer held the rest; nothing lost here
+
+
+def test_mouse_rate_datagrams_go_to_the_engine_one_wake_up_each(monkeypatch):
+    """Datagrams that come one at a time (strokes) are read one per wake-up and handed to
+    the engine at once, without the read-ahead queue or a second read that would find
+    the socket empty."""
+    reads = []
+
+    class Counting(FakeSocket):
+        def recvfrom(self, n: int):
+            reads.append(bool(self.inbox))
+            return super().recvfrom(n)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        e = Engine(Config(size=SIZE), peer_id=1, now=loop.time())
+        got = []
+        real = e.receive_datagram
+        e.receive_datagram = lambda d, a, now: (got.append(d), real(d, a, now))
+        sock = Counting([])
+        ed = Edge(e, sock, ("239.0.0.1", 5000), loop=loop)
+        for s in range(1, 6):
+            sock.inbox.append(data(s))
+            await asyncio.sleep(0.002)  # 500 a second: a quiet gap before each
+            ed._readable()
+            assert not ed._queue and ed.queue_peak == 0
+        ed.close()
+        return got
+
+    got = asyncio.run(main())
+    assert got == [data(s) for s in range(1, 6)]
+    assert reads == [True] * 5  # never a read of an empty socket
 
 
 class FullSocket(FakeSocket):

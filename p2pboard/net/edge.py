@@ -14,7 +14,10 @@ and the others see it in time to suppress their own. The queue is bounded
 are repaired like any loss. While datagrams stream in faster than mouse rate (a paste, a
 snapshot), the edge, once caught up, stops watching the socket for up to a millisecond so
 that the next wake-up reads a batch (:data:`COALESCE_RATE`): a wake-up costs about as
-much as decoding a datagram, and the arrival stamps keep the engine's timings true.
+much as decoding a datagram, and the arrival stamps keep the engine's timings true. At
+mouse rate the other way round: a wake-up finds one datagram, which goes straight to the
+engine, with no queue and no second read to learn that the socket is empty (between two
+strokes' datagrams the CPU caches go cold, and every line run then costs microseconds).
 
 It sends what the engine wants sent and keeps exactly one timer armed at the engine's
 next deadline. Between bursts it lets :mod:`p2pboard.heap` give freed memory back to the
@@ -53,6 +56,8 @@ COALESCE_RATE = 3000.0
 COALESCE_BATCH = 16
 COALESCE_MAX = 0.001
 RATE_WINDOW = 0.01  # seconds over which the arrival rate is counted
+#: a wake-up sooner than this after the last one was done finds a burst: read a batch
+BURST_GAP = 0.0005
 TRIM_EVERY = 2.0  # seconds between looks at whether freed memory should go back (heap.py)
 TRIM_QUIET = 0.5  # ... and never sooner than this after a stream (a paste, a snapshot)
 TIMESPEC = struct.Struct("@qq")  # struct timespec: seconds, nanoseconds
@@ -101,6 +106,7 @@ class Edge:
         # arrival rate, counted over RATE_WINDOW; and the pause that coalesces reads
         self._window_at = 0.0
         self._window_count = 0
+        self._done_at = float("-inf")  # loop time the last one-datagram wake-up was done
         self.rate = 0.0  #: datagrams a second arriving, as last counted
         self._paused: asyncio.TimerHandle | None = None
         self._watching = False  # the loop watches the socket (start() was called)
@@ -153,31 +159,80 @@ class Edge:
     # -------------------------------------------------------------- receive
 
     def _readable(self) -> None:
-        self._drain()
-        self._process()
+        now = self.loop.time()
+        if (self._queue or self._urgent or self.rate >= COALESCE_RATE
+                or now - self._done_at < BURST_GAP):
+            self._drain(now)
+            self._process()
+        else:
+            self._one(now)
 
-    def _drain(self) -> None:
+    def _one(self, now: float) -> None:
+        """Mouse-rate traffic with nothing queued: read one datagram and hand it to the
+        engine at once. If more are waiting, the loop calls again straight away (it
+        watches the socket level-triggered), and that quick second call reads a batch."""
+        try:
+            if self.stamped:
+                data, anc, _flags, addr = self.sock.recvmsg(RECV_SIZE, STAMP_SPACE)
+                at = self._arrival(anc, now, time.time() - now) if anc else now
+            else:
+                data, addr = self.sock.recvfrom(RECV_SIZE)
+                at = now
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as err:  # e.g. ICMP errors reported on the socket
+            self._fault("receive failed: %s", err)
+            return
+        self._count(1, now)
+        if self.closed:
+            return
+        engine = self.engine
+        engine.backlog = 0
+        try:
+            engine.receive_datagram(data, addr, at)
+        except Exception:  # noqa: BLE001 - a bug must not take the peer down
+            self._fault("engine failed on a datagram", exc_info=True)
+        self.pump()
+        self._done_at = self.loop.time()
+
+    @staticmethod
+    def _arrival(anc: list, now: float, offset: float) -> float:
+        """The loop time a datagram arrived, from its kernel stamp (wall-clock time, which
+        ``offset`` turns into loop time); ``now`` if it has none. A stamp in the future
+        or older than STAMP_MAX_AGE is a clock step: clamped."""
+        for level, kind, raw in anc:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= TIMESPEC.size:
+                sec, ns = TIMESPEC.unpack_from(raw)
+                return min(now, max(now - STAMP_MAX_AGE, sec + ns * 1e-9 - offset))
+        return now
+
+    def _count(self, n: int, now: float) -> None:
+        """``n`` datagrams read: the arrival rate, counted over RATE_WINDOW."""
+        self._window_count += n
+        if now - self._window_at >= RATE_WINDOW:
+            self.rate = self._window_count / (now - self._window_at)
+            self._window_at, self._window_count = now, 0
+        if self.rate >= COALESCE_RATE:
+            self._streamed_at = now
+
+    def _drain(self, now: float | None = None) -> None:
         """Move what the kernel holds into the queues (up to QUEUE_MAX)."""
         urgent, queue, is_urgent = self._urgent, self._queue, self.engine.urgent
         room = QUEUE_MAX - len(queue) - len(urgent)
-        now = self.loop.time()
-        if self.stamped:
-            recvmsg, unpack = self.sock.recvmsg, TIMESPEC.unpack_from
+        if now is None:
+            now = self.loop.time()
+        stamped = self.stamped
+        if stamped:
+            recvmsg, arrival = self.sock.recvmsg, self._arrival
             # kernel stamps are wall-clock time; the loop's clock is monotonic
             offset = time.time() - now
-            oldest = now - STAMP_MAX_AGE
         else:
             recv = self.sock.recvfrom
         for _ in range(room):
             try:
-                if self.stamped:
+                if stamped:
                     data, anc, _flags, addr = recvmsg(RECV_SIZE, STAMP_SPACE)
-                    at = now
-                    for level, kind, raw in anc:
-                        if (level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS
-                                and len(raw) >= TIMESPEC.size):
-                            sec, ns = unpack(raw)
-                            at = min(now, max(oldest, sec + ns * 1e-9 - offset))
+                    at = arrival(anc, now, offset) if anc else now
                 else:
                     data, addr = recv(RECV_SIZE)
                     at = now
@@ -190,12 +245,7 @@ class Edge:
         n = len(queue) + len(urgent)
         if n > self.queue_peak:
             self.queue_peak = n
-        self._window_count += n - (QUEUE_MAX - room)  # datagrams read by this call
-        if now - self._window_at >= RATE_WINDOW:
-            self.rate = self._window_count / (now - self._window_at)
-            self._window_at, self._window_count = now, 0
-        if self.rate >= COALESCE_RATE:
-            self._streamed_at = now
+        self._count(n - (QUEUE_MAX - room), now)  # datagrams read by this call
 
     def _process(self) -> None:
         """Urgent datagrams, then a batch of the rest; come back soon if some remain."""
