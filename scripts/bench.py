@@ -201,6 +201,9 @@ def compare_main(argv: list[str]) -> int:
                     help="rates at which the loss workloads run (they are the slowest)")
     ap.add_argument("--idle-seconds", type=float, default=5.0)
     ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="rounds of the strokes and loss workloads, the systems taking turns, "
+                         "their figures pooled (default 3; --quick: 1)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--from-json", help="run nothing: write the docs (--write) from the "
                     "results an earlier run saved with --json")
@@ -238,6 +241,10 @@ def compare_main(argv: list[str]) -> int:
     ints = lambda s: tuple(int(v) for v in s.split(",") if v)  # noqa: E731
     if a.rates is None:
         a.rates = "1gbit" if a.quick else "100mbit,1gbit,unlimited"
+    if a.repeat is None:
+        a.repeat = 1 if a.quick else 3
+    if a.repeat < 1:
+        ap.error("--repeat must be at least 1")
     rates = [None if r == "unlimited" else r for r in a.rates.split(",")]
     wls = bc.plan(a.quick, stroke_peers=ints(a.stroke_peers), image_receivers=ints(a.image_receivers),
                   loss_receivers=a.loss_receivers,
@@ -262,7 +269,7 @@ def compare_main(argv: list[str]) -> int:
 
     for rate in rates:
         this = [w for w in wls if not w.loss or a.quick or rate in loss_rates]
-        bc.run(this, [rate], systems, results, on_result=saved)
+        bc.run(this, [rate], systems, results, on_result=saved, repeat=a.repeat)
     took = time.monotonic() - t0
     data = snapshot()
     if a.json:

@@ -24,9 +24,16 @@ Workloads (sizes configurable, see scripts/bench.py compare --help):
   history; ZeroMQ PUB/SUB and plain multicast have no late join).
 * ``idle-N``: N peers doing nothing.
 
+Repeats: the stroke and loss workloads, whose figures move most from run to run on a
+shared machine, run ``repeat`` rounds in the same simulated LAN, the systems taking turns
+within each round (so a busy minute of the machine falls on all of them alike). Their
+figures are pooled (:func:`pool`): latency percentiles over every (record, receiver) pair
+of every round, repair latencies over every recovery, counts summed; the per-round p99s
+(or repair p95s) are kept beside them, to show the spread.
+
 Limits: everything runs on this one machine, so all peers share its CPU cores (2 here):
 16 receivers decoding an image are 16 processes on 2 cores, and that, not the network,
-often decides. Figures are from one run each, not averages.
+often decides. The other workloads run once.
 """
 
 from __future__ import annotations
@@ -238,6 +245,8 @@ class Result:
     idle_cpu_percent_per_peer: float | None = None
     peak_memory_mb: float | None = None
     extra: dict = field(default_factory=dict)
+    #: raw figures for :func:`pool` (latencies of every pair, every repair), not saved
+    samples: dict = field(default_factory=dict, repr=False)
 
 
 def run_system(lan: Lan, wl: Workload, system: str, rate: str, port: int,
@@ -399,6 +408,7 @@ def measure(res: Result, wl: Workload, system: str, procs, reports, srv, before,
                     lats.append(t - t0)
                 last = max(last, t)
         last_by_receiver.append(max(last, r.get("t_merge") or 0.0))
+    res.samples["latency"] = lats  # for pool(); not written to the JSON
     if wl.kind == "strokes":
         res.latency_p50_ms = ms(pct(lats, 50))
         res.latency_p99_ms = ms(pct(lats, 99))
@@ -454,6 +464,9 @@ def measure(res: Result, wl: Workload, system: str, procs, reports, srv, before,
                 res.nacks_per_loss = round(res.nacks / res.loss_events, 3)
                 res.repairs_per_loss = round(res.repairs / res.loss_events, 3)
             lat = [x for r in reports for x in r["repair_latencies"]]
+            res.samples["repair"] = lat
+            res.samples["recovered"] = (sum(s.get("recovered_after_nack", 0) for s in st),
+                                        sum(s["recovered"] for s in st))
             res.repair_p50_ms, res.repair_p95_ms = ms(pct(lat, 50)), ms(pct(lat, 95))
             if lat:
                 res.extra["repairs_over_10ms"] = round(sum(x > 0.01 for x in lat) / len(lat), 4)
@@ -470,10 +483,88 @@ def measure(res: Result, wl: Workload, system: str, procs, reports, srv, before,
             res.unrecovered = 0 if res.converged else None
 
 
+def repeats(wl: Workload, repeat: int) -> int:
+    """Rounds of ``wl``: ``repeat`` for the strokes and loss workloads, else one."""
+    return repeat if wl.kind == "strokes" or wl.loss else 1
+
+
+def pool(rounds: list[Result]) -> Result:
+    """One result from several rounds of the same system, workload and rate."""
+    if len(rounds) == 1:
+        return rounds[0]
+    ok = [r for r in rounds if r.ran]
+    first = rounds[0]
+    out = Result(first.system, first.workload, first.rate, first.peers,
+                 expect_converge=first.expect_converge)
+    out.extra["rounds"] = len(rounds)
+    out.seconds = round(sum(r.seconds for r in rounds), 1)
+    errors = [r.error for r in rounds if r.error]
+    out.error = errors[0] if errors else None
+    if len(ok) < len(rounds):
+        out.extra["rounds_failed"] = len(rounds) - len(ok)
+    if not ok:
+        return out
+    out.ran = True
+    out.converged = len(ok) == len(rounds) and all(r.converged for r in ok)
+
+    def total(name):
+        vals = [getattr(r, name) for r in ok]
+        return None if any(v is None for v in vals) else sum(vals)
+
+    def median(name):
+        vals = [getattr(r, name) for r in ok if getattr(r, name) is not None]
+        return statistics.median(vals) if vals else None
+
+    out.delivered_fraction = min((r.delivered_fraction for r in ok
+                                  if r.delivered_fraction is not None), default=None)
+    out.wire_bytes, out.wire_datagrams = total("wire_bytes"), total("wire_datagrams")
+    out.pixels_painted = total("pixels_painted")
+    if out.pixels_painted:
+        out.bytes_per_pixel = round(out.wire_bytes / out.pixels_painted, 4)
+    out.peak_memory_mb = max(r.peak_memory_mb for r in ok if r.peak_memory_mb is not None)
+    for name in ("sender_cpu_s", "server_cpu_s", "receiver_cpu_s_mean"):
+        v = median(name)
+        setattr(out, name, None if v is None else round(v, 3))
+    lats = [x for r in ok for x in r.samples.get("latency", [])]
+    if first.latency_p99_ms is not None:
+        out.latency_p50_ms, out.latency_p99_ms = ms(pct(lats, 50)), ms(pct(lats, 99))
+        out.extra["latency_p99_ms_rounds"] = [r.latency_p99_ms for r in ok]
+        out.extra["cpu_percent_per_peer"] = round(statistics.mean(
+            r.extra["cpu_percent_per_peer"] for r in ok), 1)
+        out.extra["drawers"] = first.extra.get("drawers")
+    if first.image_seconds is not None or any(r.image_seconds is not None for r in ok):
+        # a time is only a time if every round delivered everything
+        times = [r.image_seconds for r in ok]
+        out.image_seconds = statistics.median(times) if None not in times else None
+        out.extra["image_seconds_rounds"] = times
+        out.pixels_per_s_per_receiver = median("pixels_per_s_per_receiver")
+    for name in ("loss_events", "nacks", "repairs", "unrecovered", "divergent_pixels"):
+        setattr(out, name, total(name))
+    if out.loss_events:
+        if out.nacks is not None:
+            out.nacks_per_loss = round(out.nacks / out.loss_events, 3)
+        if out.repairs is not None:
+            out.repairs_per_loss = round(out.repairs / out.loss_events, 3)
+    rep = [x for r in ok for x in r.samples.get("repair", [])]
+    if rep:
+        out.repair_p50_ms, out.repair_p95_ms = ms(pct(rep, 50)), ms(pct(rep, 95))
+        out.extra["repair_p95_ms_rounds"] = [r.repair_p95_ms for r in ok]
+        out.extra["repair_p90_ms"] = ms(pct(rep, 90))
+        out.extra["repairs_over_10ms"] = round(sum(x > 0.01 for x in rep) / len(rep), 4)
+        after, recovered = (sum(r.samples["recovered"][i] for r in ok if "recovered" in r.samples)
+                            for i in (0, 1))
+        out.extra["recovered_after_nack"] = round(after / max(1, recovered), 4)
+    for k, v in first.extra.items():  # counters: summed over the rounds
+        if k not in out.extra and isinstance(v, int) and all(
+                isinstance(r.extra.get(k), int) for r in ok):
+            out.extra[k] = sum(r.extra[k] for r in ok)
+    return out
+
+
 def run(workloads: list[Workload], rates: list[str | None], systems: tuple[str, ...],
-        results: list[Result] | None = None, on_result=None) -> list[Result]:
+        results: list[Result] | None = None, on_result=None, repeat: int = 1) -> list[Result]:
     """Every system on every workload at every rate, appended to ``results``;
-    ``on_result(result)`` is called after each."""
+    ``on_result(result)`` is called after each (pooled) result."""
     results = [] if results is None else results
     logdir = Path(tempfile.mkdtemp(prefix="p2pbench-logs-"))
     port = 41000 + os.getpid() % 2000
@@ -491,14 +582,24 @@ def run(workloads: list[Workload], rates: list[str | None], systems: tuple[str, 
                 if wl.loss:
                     for i in range(1, wl.peers):
                         lan.loss(i, wl.loss, proto=None)
+                n = repeats(wl, repeat)
+                rounds: dict[str, list[Result]] = {system: [] for system in todo}
+                for k in range(n):
+                    for system in todo:
+                        port += 1
+                        r = run_system(lan, wl, system, rname, port, logdir)
+                        rounds[system].append(r)
+                        turn = f" (round {k + 1} of {n})" if n > 1 else ""
+                        progress(f"{time.monotonic() - t0:6.1f} s  {rname} {wl.name} "
+                                 f"{system}{turn}: {summary(r)}")
                 for system in todo:
-                    port += 1
-                    r = run_system(lan, wl, system, rname, port, logdir)
+                    r = pool(rounds[system])
                     results.append(r)
                     if on_result is not None:
                         on_result(r)
-                    progress(f"{time.monotonic() - t0:6.1f} s  {rname} {wl.name} {system}: "
-                             f"{summary(r)}")
+                    if n > 1:
+                        progress(f"{time.monotonic() - t0:6.1f} s  {rname} {wl.name} "
+                                 f"{system}, {n} rounds pooled: {summary(r)}")
     return results
 
 
@@ -517,4 +618,9 @@ def summary(r: Result) -> str:
 
 
 def to_json(results: list[Result]) -> list[dict]:
-    return [asdict(r) for r in results]
+    out = []
+    for r in results:
+        d = asdict(r)
+        del d["samples"]
+        out.append(d)
+    return out

@@ -132,6 +132,22 @@ def targets(data: dict) -> list[tuple[str, str, str]]:
     return out
 
 
+def _rounds_text(results) -> str:
+    n = max((r["extra"].get("rounds", 1) for r in results), default=1)
+    if n == 1:
+        return "One run per cell, no averaging."
+    return (f"The strokes and loss workloads ran {n} rounds, the systems taking turns in "
+            "each; their figures are pooled over the rounds (percentiles over every sample "
+            "of every round, counts summed), and the p99 or p95 of each round is shown "
+            "beside them. The other workloads ran once.")
+
+
+def _spread(r, key) -> str:
+    """The per-round figures of a pooled result, e.g. "1.9 / 2.2 / 2.0"."""
+    v = r["extra"].get(key)
+    return " / ".join(_fmt(x) for x in v) if v else "–"
+
+
 def _table(head: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -158,8 +174,7 @@ messages and applies them into the same board; see scripts/bench_systems.py.
 receivers are sixteen Python processes sharing them, so from about 8 peers drawing at
 once the CPU, not the network, sets the stroke latency, for every system alike (see the
 CPU columns). The image is 1920x1080, photo-like (smooth gradients and noise; {_ceiling_bpp(res)}
-bytes per pixel on the wire once compressed, as the socket ceiling sends it). One run per
-cell, no averaging.
+bytes per pixel on the wire once compressed, as the socket ceiling sends it). {_rounds_text(res)}
 
 ### Targets of issue #5
 
@@ -168,7 +183,8 @@ cell, no averaging.
     rows = []
     for r in by(lambda r: r["workload"].startswith("strokes")):
         rows.append([r["rate"], r["workload"], sysname(r), _fmt(r["latency_p50_ms"]),
-                     _fmt(r["latency_p99_ms"]), _fmt(r["bytes_per_pixel"]),
+                     _fmt(r["latency_p99_ms"]), _spread(r, "latency_p99_ms_rounds"),
+                     _fmt(r["bytes_per_pixel"]),
                      _fmt(r["extra"].get("cpu_percent_per_peer"), "%"),
                      _fmt(r["peak_memory_mb"]), _fmt(r["converged"]) if r["ran"] else "failed"])
     parts.append("### Strokes at mouse rate\n\n`strokes-N`: N peers all drawing 120 points "
@@ -177,8 +193,8 @@ cell, no averaging.
                  "receiver) pair. Bytes: IP bytes every host sent (headers, ACKs, control "
                  "included) per painted pixel. CPU: each peer's share of one core from go "
                  "until everything was delivered.\n\n" + _table(
-                     ["rate", "workload", "system", "p50 ms", "p99 ms", "bytes/pixel",
-                      "CPU per peer", "peak MB", "converged"], rows) +
+                     ["rate", "workload", "system", "p50 ms", "p99 ms", "p99 ms by round",
+                      "bytes/pixel", "CPU per peer", "peak MB", "converged"], rows) +
                  "\n\n![stroke latency](bench/strokes_latency.png)")
     rows = []
     for r in by(lambda r: r["workload"].startswith("image") and "loss" not in r["workload"]):
@@ -199,7 +215,8 @@ cell, no averaging.
         rows.append([r["rate"], r["workload"], sysname(r), _fmt(r["image_seconds"]),
                      _fmt(r["delivered_fraction"]), _fmt(r["loss_events"]),
                      _fmt(r["nacks_per_loss"]), _fmt(r["repairs_per_loss"]),
-                     _fmt(r["repair_p50_ms"]), _fmt(r["repair_p95_ms"]), _fmt(r["unrecovered"]),
+                     _fmt(r["repair_p50_ms"]), _fmt(r["repair_p95_ms"]),
+                     _spread(r, "repair_p95_ms_rounds"), _fmt(r["unrecovered"]),
                      _fmt(r["divergent_pixels"]), _fmt(r["converged"]) if r["ran"] else "failed"])
     if rows:
         parts.append("### The image with loss at every receiver\n\nA loss event is a "
@@ -209,10 +226,11 @@ cell, no averaging.
                      "asked for and those sent proactively), divided by loss events; repair latency is from finding "
                      "a datagram missing to holding it. Unrecovered: datagrams missing at "
                      "the end, summed over receivers; divergent: pixels that differ from the "
-                     "image, summed over receivers.\n\n" + _table(
+                     "image, summed over receivers (and rounds). All hold it: the median round.\n\n" + _table(
                          ["rate", "workload", "system", "all hold it (s)", "delivered",
                           "loss events", "NACKs/loss", "repairs/loss", "repair p50 ms",
-                          "repair p95 ms", "unrecovered", "divergent px", "converged"], rows))
+                          "repair p95 ms", "p95 ms by round", "unrecovered", "divergent px",
+                          "converged"], rows))
     rows = [[r["rate"], sysname(r), _fmt(r["latejoin_seconds"]), _fmt(r["converged"])]
             for r in by(lambda r: r["workload"] == "latejoin")]
     if rows:

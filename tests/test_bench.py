@@ -80,3 +80,67 @@ def test_receive_quick_measures_a_receiver_with_and_without_coalescing(tmp_path)
 
     data.update(command="bench.py receive --quick", date="today", machine="this one")
     assert "| 10,000 | on |" in bench_receive.markdown(data)
+
+
+def _bench_compare():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_compare
+
+    return bench_compare
+
+
+def test_rounds_are_pooled_sample_by_sample_and_count_by_count():
+    """Three rounds of one cell become one result: percentiles over every sample of every
+    round (not a mean of percentiles), counts summed, a time only if every round
+    delivered, converged only if every round did."""
+    bc = _bench_compare()
+
+    def round_(lat, repair, nacks, converged=True, image=1.0):
+        r = bc.Result("p2pboard", "image-16-loss10", "1gbit", 17, ran=True, converged=converged,
+                      latency_p99_ms=bc.ms(bc.pct(lat, 99)), image_seconds=image,
+                      repair_p95_ms=bc.ms(bc.pct(repair, 95)), loss_events=100, nacks=nacks,
+                      repairs=50, unrecovered=0, divergent_pixels=0, wire_bytes=1000,
+                      wire_datagrams=10, pixels_painted=500, peak_memory_mb=100.0,
+                      extra={"cpu_percent_per_peer": 10.0, "parity_sent": 7})
+        r.samples = {"latency": lat, "repair": repair, "recovered": (1, 10)}
+        return r
+
+    fast = [0.001] * 97
+    rounds = [round_(fast + [0.002] * 3, [0.001] * 18 + [0.004] * 2, 3),
+              round_(fast + [0.003] * 3, [0.001] * 18 + [0.030] * 2, 5),
+              round_(fast + [0.009] * 3, [0.002] * 20, 4, image=1.4)]
+    p = bc.pool(rounds)
+    assert p.ran and p.converged and p.extra["rounds"] == 3
+    assert p.extra["latency_p99_ms_rounds"] == [2.0, 3.0, 9.0]
+    assert p.latency_p99_ms == 3.0  # of the 300 samples pooled (not the mean, 4.67)
+    assert p.extra["repair_p95_ms_rounds"] == [4.0, 30.0, 2.0]
+    assert p.repair_p95_ms == 4.0  # of the 60 recoveries pooled
+    assert bc.ms(bc.pct([x for r in rounds for x in r.samples["repair"]], 95)) == 4.0
+    assert (p.loss_events, p.nacks, p.nacks_per_loss) == (300, 12, 0.04)
+    assert p.extra["parity_sent"] == 21 and p.extra["recovered_after_nack"] == 0.1
+    assert p.image_seconds == 1.0 and p.bytes_per_pixel == 2.0
+    rounds[1].converged, rounds[1].image_seconds = False, None
+    p = bc.pool(rounds)
+    assert not p.converged and p.image_seconds is None
+    assert bc.pool(rounds[:1]) is rounds[0]
+    assert "samples" not in bc.to_json([p])[0]
+
+
+@pytest.mark.timeout(120)
+def test_repeat_runs_the_systems_in_turns_and_pools_them(tmp_path):
+    require_lan()
+    out = tmp_path / "rounds.json"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "compare",
+                        "--quick", "--only", "strokes-3", "--systems", "p2pboard,mcast",
+                        "--repeat", "2", "--json", str(out)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=110, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-4000:]
+    turns = [line.split("strokes-3 ")[1].split(":")[0] for line in r.stderr.splitlines()
+             if "(round" in line]
+    assert turns == ["p2pboard (round 1 of 2)", "mcast (round 1 of 2)",
+                     "p2pboard (round 2 of 2)", "mcast (round 2 of 2)"], r.stderr
+    results = json.loads(out.read_text())["results"]
+    assert [x["system"] for x in results] == ["p2pboard", "mcast"]
+    for x in results:
+        assert x["converged"] and x["extra"]["rounds"] == 2
+        assert len(x["extra"]["latency_p99_ms_rounds"]) == 2 and x["latency_p99_ms"] > 0
