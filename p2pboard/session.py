@@ -146,6 +146,7 @@ class Stats:
     gaps: int = 0  # datagrams found missing
     recovered: int = 0  # missing datagrams that arrived later
     recovered_after_nack: int = 0  # ... of which we had NACKed first (a round trip)
+    gaps_queued: int = 0  # ... of which had arrived before we counted them missing
     nacks_sent: int = 0
     nacks_received: int = 0
     nacks_suppressed: int = 0
@@ -353,7 +354,8 @@ class Engine:
         self._holder_repairs: dict[tuple[int, int], float] = {}
         self._op_lamport: dict[int, int] = {}
         self._repair_rtt = self.timers.retry_initial / 2
-        #: seconds from finding a datagram missing to holding it (the latest 10000)
+        #: seconds from finding a datagram missing to holding it (the latest 10000), by
+        #: arrival stamps; not for one that was in our receive queue all along
         self.repair_latencies: deque[float] = deque(maxlen=10_000)
         #: the latest gaps skipped as unrecoverable, for diagnosis: (time, source, first,
         #: last, datagrams never held, the most any live peer said it held of that source)
@@ -1293,7 +1295,12 @@ class Engine:
                 self.loss_meter.late()
         if miss is not None:
             self.stats.recovered += 1
-            self.repair_latencies.append(now - miss.detected)
+            if now >= miss.detected:
+                self.repair_latencies.append(now - miss.detected)
+            else:
+                # It reached us before we counted it missing (a third party's report was
+                # read first, it waited in our receive queue): never lost, nothing repaired.
+                self.stats.gaps_queued += 1
             if miss.attempt:
                 self.stats.recovered_after_nack += 1
                 self._repair_rtt += (now - miss.asked - self._repair_rtt) / 8

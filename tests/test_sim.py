@@ -984,3 +984,38 @@ def test_parity_answers_never_repeat_a_proactive_symbol():
     pars = [wire.decode_parity(d[wire.HEADER.size:]) for d in sent
             if d[3] == wire.MsgType.PARITY]
     assert [(p.block, p.index) for p in pars] == [(0, wire.FEC_N - 1)]
+
+
+def test_a_gap_that_was_waiting_in_our_queue_is_no_repair():
+    """c, behind on its receive queue, reads b's SESSION (b holds a's latest datagrams)
+    before a's datagrams, which arrived earlier and wait in the queue: the gaps it notes
+    are filled from the queue. They were never lost: no repair latency is sampled for
+    them (it would be negative, and flatter the percentiles); they are counted apart."""
+    net = SimNet(11)
+    a, b, c = start(net, 3)
+    held: list[tuple[bytes, tuple, float]] = []
+    net.filter = lambda s, d, dgram: not (d == c.index and (
+        s == a.index or dgram[3] == wire.MsgType.SESSION)) or bool(
+        held.append((dgram, net.peers[s].addr, net.now)))
+    rng = random.Random(5)
+    for _ in range(3):
+        scribble(net, a, rng)
+    net.run_for(2.5)  # b's SESSION, reporting what it holds of a, is among those held back
+    net.filter = None
+    e = c.engine
+    e.backlog = len(held)
+    sessions = [h for h in held if h[0][3] == wire.MsgType.SESSION and h[1] == b.addr]
+    assert sessions
+    e.receive_datagram(sessions[-1][0], b.addr, net.now)  # read first ...
+    src = e._sources[a.engine.id]
+    assert src.missing and all(m.soft for m in src.missing.values())
+    gaps = len(src.missing)
+    for dgram, addr, at in held:  # ... then what had arrived before it
+        if addr == a.addr:
+            e.receive_datagram(dgram, addr, at)
+    e.backlog = 0
+    assert not src.missing and e.stats.gaps_queued == gaps
+    assert len(e.repair_latencies) == 0
+    net.act(c, lambda e, now: None)
+    net.settle()
+    assert c.engine.board.digest() == a.engine.board.digest()
