@@ -4,6 +4,11 @@ How it works
 ------------
 Every fragment (:mod:`p2pboard.ops`) paints a set of pixels at a stamp. A pixel shows the
 colour of the *visible* fragment with the highest stamp covering it, or the background.
+Two fragments may share a stamp: the segments of one stroke (one operation, one colour),
+and, sent by a hostile peer only, two operations of one author with one Lamport time. Then
+the higher colour wins (RGBA read as a little-endian u32), so that the pixel is still a
+maximum, the same for every order of arrival; taking whichever came first made boards
+differ for good, and anti-entropy fetch each other's state over and over.
 Clearing is a fragment covering every pixel with the background colour. Visibility is a
 register per operation ``(author, opno)``: :class:`~p2pboard.ops.Toggle` records of the
 author switch it, the one with the highest ``opno`` wins, and the default is visible. All
@@ -28,6 +33,7 @@ cap is never reached. Toggle registers are capped at :data:`MAX_TOGGLES`.
 from __future__ import annotations
 
 import heapq
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +45,28 @@ from .ops import BACKGROUND, UNDO_WINDOW, Clear, Image, Paint, Record, Toggle
 LOG_PIXEL_CAP = 48 << 20
 #: Most undo/redo registers kept for operations that are not final.
 MAX_TOGGLES = 1 << 16
+#: Most stamps whose one colour is remembered (Board._keys, about 100 bytes each).
+MAX_STAMP_KEYS = 1 << 16
 _BG = np.array(BACKGROUND, dtype=np.uint8)
+
+
+def _key(rgba: np.ndarray) -> np.ndarray:
+    """The tie-break key of an array of RGBA pixels (last axis): the four bytes as a
+    little-endian u32, one per pixel (a view where the layout allows)."""
+    if not rgba.flags.c_contiguous and rgba.strides[-1] != 1:
+        rgba = np.ascontiguousarray(rgba)
+    return rgba.view("<u4")[..., 0]
+
+
+def _rgba_key(rgba) -> int:
+    return int.from_bytes(bytes(rgba), "little")
+
+
+_LITTLE = sys.byteorder == "little"
+
+
+def _native(rgba) -> int:
+    return int.from_bytes(bytes(rgba), sys.byteorder)
 
 
 @dataclass(slots=True)
@@ -74,6 +101,11 @@ class Board:
         self._ntoggles = 0
         self._live_pixels = 0
         self._dirty: list[int] | None = None
+        #: stamp -> the colour key (see _key) of every pixel painted at that stamp, or -1
+        #: where they differ. A stamp above _keys_floor that is not here was never painted;
+        #: one at or below it may be anywhere in any colour (forgotten, or merged in).
+        self._keys: dict[int, int] = {}
+        self._keys_floor = 0
         self._rebuild = False
         self._version = 0  # bumped by every change of the view
         self._digest: tuple[int, str] | None = None
@@ -246,6 +278,9 @@ class Board:
         if (other.width, other.height) != (self.width, self.height):
             raise ValueError("boards of different sizes")
         take = other._base_stamp > self._base_stamp
+        tie = other._base_stamp == self._base_stamp
+        take |= tie & (_key(other._base_color) > _key(self._base_color))
+        self._forget_keys(int(other._base_stamp.max()))
         self._base_stamp[take] = other._base_stamp[take]
         self._base_color[take] = other._base_color[take]
         for author, limit in other._folded.items():
@@ -376,37 +411,89 @@ class Board:
                 self._mark(e.box)
         return True
 
-    @staticmethod
-    def _paint_into(e: Entry, stamp: np.ndarray, color: np.ndarray, w: int,
+    def _forget_keys(self, upto: int) -> None:
+        """Stamps up to ``upto`` may now be anywhere in any colour (merged in, or the table
+        trimmed): ties at them are decided pixel by pixel from now on."""
+        if upto > self._keys_floor:
+            self._keys_floor = upto
+            self._keys = {k: v for k, v in self._keys.items() if k > upto}
+
+    def _learn(self, stamp: int, key: int, mixed: bool) -> None:
+        """Pixels stamped ``stamp`` were painted in colour ``key`` (-1: several); ``mixed``:
+        they met pixels of that stamp in another colour."""
+        if stamp <= self._keys_floor:
+            return
+        keys = self._keys
+        old = keys.get(stamp)
+        if old is None:
+            if len(keys) >= MAX_STAMP_KEYS:  # forget the older half (ties there: slower)
+                self._forget_keys(sorted(keys)[len(keys) // 2])
+                if stamp <= self._keys_floor:
+                    return
+            keys[stamp] = -1 if mixed else key
+        elif old != key or mixed:
+            keys[stamp] = -1
+
+    def _paint_into(self, e: Entry, stamp: np.ndarray, color: np.ndarray, w: int,
                     only: np.ndarray | None = None) -> None:
-        """Max-stamp ``e`` into (stamp, color); ``only``: a flat bool mask to restrict to."""
-        s = np.uint64(e.rec.stamp)
+        """Max-(stamp, colour) ``e`` into (stamp, color); ``only``: a flat bool mask to
+        restrict to."""
+        si = e.rec.stamp
+        s = np.uint64(si)
         rec = e.rec
         if isinstance(rec, Paint):
             ix = e.index
             if only is not None:
                 ix = ix[only[ix]]
-            ix = ix[stamp[ix] < s]
+            cur = stamp[ix]
+            c = _rgba_key(rec.color)
+            if self._keys.get(si) == c:
+                # every pixel stamped s has this very colour (a stroke's earlier segments):
+                # a tie changes nothing
+                ix = ix[cur < s]
+            else:
+                win = cur < s
+                tie = cur == s
+                mixed = False
+                if tie.any():  # a hostile twin, or stamps merged in
+                    k = _key(color)[ix[tie]]
+                    win[tie] = k < c
+                    mixed = bool((k != c).any())
+                ix = ix[win]
+                self._learn(si, c, mixed)
             stamp[ix] = s
-            # One 32-bit store per pixel rather than a 4-byte row each.
-            color.view(np.uint32).reshape(-1)[ix] = np.frombuffer(bytes(rec.color), np.uint32)[0]
+            # One 32-bit store per pixel rather than a 4-byte row each (the key is the
+            # native u32 of the colour on a little-endian machine).
+            color.view(np.uint32).reshape(-1)[ix] = c if _LITTLE else _native(rec.color)
         elif isinstance(rec, Image):
             x0, y0, x1, y1 = e.box
             h = stamp.size // w
             st2 = stamp.reshape(h, w)[y0:y1, x0:x1]
             co2 = color.reshape(h, w, 4)[y0:y1, x0:x1]
+            self._learn(si, -1, True)  # a picture: several colours
             if only is None and st2.max() < s:
                 # Everything under it is older (a fresh paste): plain copies, no masks.
                 st2[...] = s
                 co2[...] = rec.rgba
                 return
             m = st2 < s
+            tie = st2 == s
+            if tie.any():
+                m |= tie & (_key(co2) < _key(rec.rgba))
             if only is not None:
                 m &= only.reshape(h, w)[y0:y1, x0:x1]
             st2[m] = s
             co2[m] = rec.rgba[m]
         else:  # Clear
             m = stamp < s
+            tie = stamp == s
+            c = _rgba_key(BACKGROUND)
+            mixed = False
+            if tie.any():
+                k = _key(color)
+                m |= tie & (k < c)
+                mixed = bool((tie & (k != c)).any())
+            self._learn(si, c, mixed)
             if only is not None:
                 m &= only
             stamp[m] = s

@@ -220,6 +220,7 @@ def _load(blob: bytes, width: int, height: int):
     if int(inv.max()) >= npal:
         raise StoreError("stamp index out of the palette")
     board._base_stamp[:] = palette[inv]
+    board._forget_keys(int(palette[-1]) if npal else 0)  # colours at those stamps: unknown
     filtered = np.frombuffer(r.take(n * 4), dtype=np.uint8).reshape(h, w, 4)
     board._base_color[:] = np.cumsum(filtered, axis=1, dtype=np.uint8).reshape(n, 4)
     heads = list(_ENTRY.iter_unpack(r.take(nent * _ENTRY.size)))

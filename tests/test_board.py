@@ -28,9 +28,11 @@ def small_window(monkeypatch):
     monkeypatch.setattr(store, "UNDO_WINDOW", WINDOW)
 
 
-def make_history(rng: random.Random, authors=(1, 2, 3), n_ops=30):
+def make_history(rng: random.Random, authors=(1, 2, 3), n_ops=30, twins: float = 0.0):
     """Records (author, seq, idx, rec) of a plausible history: each author numbers its
-    operations 1, 2, 3 ...; big operations are split over several datagrams."""
+    operations 1, 2, 3 ...; big operations are split over several datagrams. ``twins``:
+    the share of operations that reuse their author's last Lamport time (only a hostile
+    peer does that: two operations with one stamp)."""
     recs = []
     state = {a: dict(opno=0, seq=0, mine=[]) for a in authors}
     lamport = 0
@@ -38,9 +40,12 @@ def make_history(rng: random.Random, authors=(1, 2, 3), n_ops=30):
         a = rng.choice(authors)
         s = state[a]
         s["opno"] += 1
-        # Equal lamports across authors happen (the author id breaks the tie); one author
-        # never reuses one.
-        lamport = max(lamport + rng.randrange(0, 2), s.get("lamport", 0) + 1)
+        # Equal lamports across authors happen (the author id breaks the tie); an honest
+        # author never reuses one.
+        if s.get("lamport") and rng.random() < twins:
+            lamport = s["lamport"]
+        else:
+            lamport = max(lamport + rng.randrange(0, 2), s.get("lamport", 0) + 1)
         s["lamport"] = lamport
         kind = rng.random()
         if kind < 0.2 and s["mine"]:
@@ -75,26 +80,38 @@ def make_history(rng: random.Random, authors=(1, 2, 3), n_ops=30):
 
 
 def oracle(recs) -> np.ndarray:
-    """Pixels by the definition: highest-stamped visible fragment per pixel."""
+    """Pixels by the definition: per pixel, the visible fragment with the highest stamp,
+    and of fragments with one stamp the highest colour (its RGBA bytes read as a
+    little-endian number), pixel by pixel in plain Python."""
     regs = {}
     for a, _, _, r in recs:
         if isinstance(r, Toggle) and r.valid:
             cur = regs.get((a, r.target))
             if cur is None or r.opno > cur[0]:
                 regs[(a, r.target)] = (r.opno, r.visible)
-    col = np.zeros((H * W, 4), np.uint8)
-    col[:] = BACKGROUND
-    frags = [r for _, _, _, r in recs if not isinstance(r, Toggle)
-             and regs.get((r.author, r.opno), (0, True))[1]]
-    for r in sorted(frags, key=lambda r: r.stamp):
+    best = [(0, tuple(BACKGROUND))] * (W * H)
+
+    def offer(p, stamp, rgba):
+        rgba = tuple(int(v) for v in rgba)
+        if (stamp, int.from_bytes(bytes(rgba), "little")) > (
+                best[p][0], int.from_bytes(bytes(best[p][1]), "little")):
+            best[p] = (stamp, rgba)
+
+    for _, _, _, r in recs:
+        if isinstance(r, Toggle) or not regs.get((r.author, r.opno), (0, True))[1]:
+            continue
         if isinstance(r, Paint):
-            col[r.index] = r.color
+            for p in r.index.tolist():
+                offer(p, r.stamp, r.color)
         elif isinstance(r, Clear):
-            col[:] = BACKGROUND
+            for p in range(W * H):
+                offer(p, r.stamp, BACKGROUND)
         else:
             h, w = r.rgba.shape[:2]
-            col.reshape(H, W, 4)[r.y:r.y + h, r.x:r.x + w] = r.rgba
-    return col.reshape(H, W, 4)
+            for y in range(h):
+                for x in range(w):
+                    offer((r.y + y) * W + r.x + x, r.stamp, r.rgba[y, x])
+    return np.array([c for _, c in best], np.uint8).reshape(H, W, 4)
 
 
 def apply_all(b: Board, recs, rng: random.Random | None = None, settle=True) -> None:
@@ -128,10 +145,12 @@ def dedup(recs):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.integers(0, 2**32))
-def test_any_order_with_duplicates_gives_the_oracle(seed):
+@given(st.integers(0, 2**32), st.sampled_from([0.0, 0.3]))
+def test_any_order_with_duplicates_gives_the_oracle(seed, twins):
+    """Also with a hostile author's twins (operations sharing a stamp): every order of
+    arrival gives the same pixels."""
     rng = random.Random(seed)
-    recs = make_history(rng)
+    recs = make_history(rng, twins=twins)
     want = oracle(recs)
     for _ in range(2):
         order = recs[:]
@@ -165,10 +184,10 @@ def test_snapshot_round_trip_keeps_undo_state(seed):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(0, 2**32))
-def test_merge_of_two_partial_boards_is_the_union(seed):
+@given(st.integers(0, 2**32), st.sampled_from([0.0, 0.3]))
+def test_merge_of_two_partial_boards_is_the_union(seed, twins):
     rng = random.Random(seed)
-    recs = make_history(rng)
+    recs = make_history(rng, twins=twins)
     part1 = [r for r in recs if rng.random() < 0.7]
     part2 = [r for r in recs if rng.random() < 0.7]
     union = dedup(part1 + part2)
@@ -186,6 +205,39 @@ def test_merge_of_two_partial_boards_is_the_union(seed):
     u = Board(W, H)
     apply_all(u, union, settle=False)
     assert np.array_equal(u.pixels, oracle(union))
+
+
+def test_two_operations_with_one_stamp_give_one_picture_in_either_order():
+    """A hostile author sends two operations with the same Lamport time: whichever
+    arrives first, every board shows the same pixels (the higher colour), so peers do
+    not differ for good (and fetch each other's state again and again)."""
+    red = Paint(7, 1, 5, (255, 0, 0, 255), np.arange(10, 14))
+    blue = Paint(7, 2, 5, (0, 0, 255, 255), np.arange(12, 18))
+    tile = Image(7, 3, 5, 1, 0, np.full((2, 2, 4), 200, np.uint8))  # pixels 1, 2, 17, 18
+    boards = []
+    for order in ([red, blue, tile], [tile, blue, red], [blue, red, tile]):
+        b = Board(W, H)
+        for i, r in enumerate(order):
+            b.apply(r, 7, 10 + r.opno, 0)
+        boards.append(b)
+    assert len({b.digest() for b in boards}) == 1
+    px = boards[0].pixels.reshape(-1, 4)
+    assert tuple(px[10]) == (255, 0, 0, 255)  # red alone
+    assert tuple(px[12]) == (0, 0, 255, 255)  # blue's key 0xFFFF0000 beats red's 0xFF0000FF
+    assert tuple(px[17]) == (0, 0, 255, 255)  # and the tile's 0xC8C8C8C8
+    assert tuple(px[18]) == (200, 200, 200, 200) and tuple(px[1]) == (200, 200, 200, 200)
+    # a snapshot whose base holds all three (final there), merged into a board that has
+    # two of them in its log: the base's tie goes the same way
+    merged = Board(W, H)
+    merged.apply(red, 7, 11, 0)
+    merged.apply(tile, 7, 13, 0)
+    other = Board(W, H)
+    for r in (tile, red, blue):
+        other.apply(r, 7, 10 + r.opno, 0)
+    other.settle(7, 3 + board_mod.UNDO_WINDOW)
+    assert not other._log
+    merged.merge(other)
+    assert merged.digest() == boards[0].digest()
 
 
 def test_undo_redo_of_one_operation_restores_what_was_under_it():

@@ -286,3 +286,27 @@ def test_a_peer_claiming_total_loss_costs_pastes_at_most_the_parity_cap():
     assert a.engine.proactive == session.PROACTIVE_MAX
     assert st.parity_proactive <= session.PROACTIVE_MAX * blocks
     assert b.engine.board.digest() == a.engine.board.digest()
+
+
+def test_an_insiders_two_operations_with_one_stamp_end_the_same_on_every_board():
+    """An insider sends two operations with one Lamport time, in different colours over
+    the same pixels, and they reach two peers in opposite orders. Both show the same
+    picture (the higher colour wins the tie), so anti-entropy finds nothing to fetch: no
+    divergence, no state sent back and forth."""
+    net = SimNet(27)
+    a, b = start(net, 2)
+    insider, addr, size = 0x51DE, ("198.18.99.98", 47777), (W, H)
+    pix = np.arange(3 * W, 5 * W, dtype=np.int64)
+    red = wire.encode_paint(Paint(insider, 1, 900, (255, 0, 0, 255), pix), W)[0][0]
+    blue = wire.encode_paint(Paint(insider, 2, 900, (0, 0, 255, 255), pix[W // 2:]), W)[0][0]
+    d1 = wire.encode_header(wire.MsgType.DATA, insider, 1, size) + red
+    d2 = wire.encode_header(wire.MsgType.DATA, insider, 2, size) + blue
+    for peer, order in ((a, (d1, d2)), (b, (d2, d1))):
+        for d in order:
+            peer.engine.receive_datagram(d, addr, net.now)
+    net.run_for(30.0)  # SESSIONs (digests) go back and forth; anti-entropy would act
+    assert a.engine.board.digest() == b.engine.board.digest()
+    px = a.engine.board.pixels.reshape(-1, 4)
+    assert tuple(px[3 * W]) == (255, 0, 0, 255) and tuple(px[4 * W]) == (0, 0, 255, 255)
+    for p in (a, b):
+        assert p.engine.stats.divergences == 0 and p.engine.stats.snapshots_sent == 0
