@@ -459,3 +459,20 @@ def test_dump_never_holds_the_whole_raw_state():
     raw_len = store._OUTER.unpack_from(blob)[1]
     assert raw_len > 16 << 20
     assert peak - len(blob) < raw_len, (peak, len(blob), raw_len)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32))
+def test_forgotten_stamp_colours_still_give_the_oracle(seed):
+    """With room for only 4 stamps' colours, the older ones are forgotten as operations
+    come: ties at them are then decided pixel by pixel, and the pixels are the same."""
+    rng = random.Random(seed)
+    recs = make_history(rng, n_ops=40, twins=0.3)
+    order = recs[:]
+    rng.shuffle(order)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(board_mod, "MAX_STAMP_KEYS", 4)
+        b = Board(W, H)
+        apply_all(b, order, rng)
+    assert len(b._keys) <= 4 and b._keys_floor > 0
+    assert np.array_equal(b.pixels, oracle(recs))
