@@ -167,6 +167,7 @@ class Board:
         f._heaps = {}
         f._folded = dict(self._folded)
         f._toggles = {a: dict(regs) for a, regs in self._toggles.items()}
+        f._keys, f._keys_floor = {}, 1 << 64  # not shared: every tie checked, if ever painted
         return f
 
     def take_dirty(self) -> tuple[int, int, int, int] | None:

@@ -223,10 +223,12 @@ bytes per pixel on the wire once compressed, as the socket ceiling sends it). {_
                      "datagram of the author missing at one receiver or more (multicast "
                      "systems; TCP hides its own retransmissions). NACKs and repairs are "
                      "every peer's (repairs: retransmissions and parity datagrams, those "
-                     "asked for and those sent proactively), divided by loss events; repair latency is from finding "
-                     "a datagram missing to holding it. Unrecovered: datagrams missing at "
-                     "the end, summed over receivers; divergent: pixels that differ from the "
-                     "image, summed over receivers (and rounds). All hold it: the median round.\n\n" + _table(
+                     "asked for and those sent proactively), divided by loss events; repair "
+                     "latency is from finding a datagram missing to holding it (by arrival "
+                     "stamps; not counted for one that had arrived, unread, before the gap "
+                     "was noticed). Unrecovered: datagrams missing at the end, summed over "
+                     "receivers; divergent: pixels that differ from the image, summed over "
+                     "receivers (and rounds). All hold it: the median round.\n\n" + _table(
                          ["rate", "workload", "system", "all hold it (s)", "delivered",
                           "loss events", "NACKs/loss", "repairs/loss", "repair p50 ms",
                           "repair p95 ms", "p95 ms by round", "unrecovered", "divergent px",
