@@ -178,6 +178,9 @@ class Stats:
     rejected_spoofed: int = 0  # a peer id heard from another address than its own
     rejected_repair: int = 0  # a "repair" of a datagram nobody said exists
     repairs_refused: int = 0  # NACKs over the per-datagram or per-requester repair budget
+    nacks_uncached: int = 0  # NACKs for datagrams of ours no longer (or never) in the cache
+    repairs_queue_full: int = 0  # repairs not queued: the repair queue was full
+    snap_nacks_unknown: int = 0  # SNAP_NACKs for a snapshot we no longer serve
     parity_sent: int = 0  # PARITY datagrams (erasure-coded repairs, see fec.py)
     parity_proactive: int = 0  # of those, sent with a block before anyone asked
     parity_received: int = 0
@@ -1519,7 +1522,7 @@ class Engine:
                 cached = self._cache.get(key)
                 if cached is None:
                     if n.source == self.id:
-                        self.stats.rejected_nack += 1  # never sent, or evicted long ago
+                        self.stats.nacks_uncached += 1  # never sent, or evicted long ago
                     continue
                 if self._holddown.get(key, -1.0) > now:
                     self.stats.repairs_held_down += 1
@@ -1749,7 +1752,7 @@ class Engine:
 
     def _send_repair(self, key, cached: bytes, now: float) -> None:
         if len(self._repairs) >= MAX_REPAIR_QUEUE:
-            self.stats.rejected_nack += 1
+            self.stats.repairs_queue_full += 1
             return
         self._repairs.append(wire.with_flags(cached, wire.FLAG_REPAIR))
         self._holddown[key] = now + self._holddown_time()
@@ -1978,7 +1981,7 @@ class Engine:
             return
         sv = self._serve.get(n.snap_id)
         if sv is None:
-            self.stats.rejected_nack += 1
+            self.stats.snap_nacks_unknown += 1  # served long ago, or never
             return
         sv.last_used = now
         size = self._chunk_size

@@ -63,6 +63,7 @@ PLOT = ROOT / "docs" / "soak-memory.png"
 BEGIN, END = "<!-- soak-results:begin -->", "<!-- soak-results:end -->"
 STAT_KEYS = ("data_sent", "data_received", "gaps", "recovered", "nacks_sent",
              "nacks_suppressed", "repairs_sent", "repairs_received", "repairs_held_down",
+             "repairs_refused", "nacks_uncached", "repairs_queue_full", "snap_nacks_unknown",
              "duplicates", "snapshots_sent", "snapshots_received", "unrecoverable", "missing",
              "behind",
              "send_errors", "board_rejected", "board_forced_folds")

@@ -119,6 +119,44 @@ def test_huge_nack_ranges_are_refused_outright():
     assert not a.engine._repairs
 
 
+def test_nacks_refused_for_a_reason_of_ours_are_counted_apart_from_hostile_ones(monkeypatch):
+    """Each way an author cannot answer has its own counter (a soak that fails must tell a
+    repair cache that lost a datagram from a full repair queue or a forgotten snapshot);
+    rejected_nack is kept for NACKs that are refused as hostile."""
+    net = SimNet(26)
+    a, b = start(net, 2)
+    rng = random.Random(4)
+    for _ in range(6):
+        scribble(net, a, rng)
+        net.run_for(0.05)
+    net.settle()
+    e, sent = a.engine, a.engine.seq
+    assert sent >= 6
+
+    def nack(ranges):
+        e.receive_datagram(wire.encode_nack(b.engine.id, 0, (W, H),
+                                            wire.Nack(e.id, 1, ranges)), b.addr, net.now)
+
+    # one of ours that fell out of the repair cache
+    e._cache_bytes -= len(e._cache.pop((e.id, 1)))
+    nack(((1, 1),))
+    assert (e.stats.nacks_uncached, e.stats.rejected_nack, len(e._repairs)) == (1, 0, 0)
+
+    # a full repair queue: the rest of the request is dropped, and counted
+    monkeypatch.setattr(session, "MAX_REPAIR_QUEUE", 2)
+    nack(((2, sent - 1),))
+    assert len(e._repairs) == 2
+    assert e.stats.repairs_queue_full == sent - 3
+    assert e.stats.rejected_nack == 0
+
+    # a snapshot we never served (or stopped serving)
+    e.receive_datagram(wire.encode_snap_nack(b.engine.id, 0, (W, H),
+                                             wire.SnapNack(e.id, 12345, ((1, 3),))),
+                       b.addr, net.now)
+    assert e.stats.snap_nacks_unknown == 1
+    assert e.stats.rejected_nack == 0
+
+
 def test_a_flood_from_one_sender_is_cut_and_the_others_still_get_through():
     from p2pboard.session import Timers
 
