@@ -176,36 +176,47 @@ class ShapeCache:
         self._offsets: OrderedDict[tuple[int, int, int, int], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
-    @staticmethod
-    def _own_box(x0: int, y0: int, x1: int, y1: int, width: int, a: int, b: int, c: int,
-                 d: int) -> bool:
+    def _cacheable(self, x0: int, y0: int, x1: int, y1: int, width: int, a: int, b: int,
+                   c: int, d: int) -> bool:
+        """Is the box small enough to keep, and the segment's own (nothing clipped)?"""
         r = (width + 1) // 2
-        return (a == min(x0, x1) - r - 1 and c == max(x0, x1) + r + 1
+        return ((c - a + 1) * (d - b + 1) <= self.area
+                and a == min(x0, x1) - r - 1 and c == max(x0, x1) + r + 1
                 and b == min(y0, y1) - r - 1 and d == max(y0, y1) + r + 1)
+
+    def _get(self, table: OrderedDict, key: tuple) -> np.ndarray | None:
+        with self._lock:
+            arr = table.get(key)
+            if arr is not None:
+                table.move_to_end(key)
+                self.hits += 1
+            return arr
+
+    def _put(self, table: OrderedDict, key: tuple, arr: np.ndarray,
+             computed: bool = False) -> np.ndarray:
+        """Keep ``arr`` (read-only from now on) under ``key`` and return it; ``computed``:
+        a shape computed from scratch (a miss, as :attr:`misses` counts them)."""
+        arr.setflags(write=False)
+        with self._lock:
+            self.misses += computed
+            if key not in table:
+                table[key] = arr
+                self.bytes += arr.nbytes
+                self._evict()
+        return arr
 
     def mask(self, x0: int, y0: int, x1: int, y1: int, width: int, a: int, b: int, c: int,
              d: int) -> np.ndarray:
         """``_inside(x0, y0, x1, y1, width, a, b, c, d)``, from the cache where it can be."""
-        if ((c - a + 1) * (d - b + 1) > self.area
-                or not self._own_box(x0, y0, x1, y1, width, a, b, c, d)):
+        if not self._cacheable(x0, y0, x1, y1, width, a, b, c, d):
             return _inside(x0, y0, x1, y1, width, a, b, c, d)
         return self._mask((x1 - x0, y1 - y0, width), x0, y0, x1, y1, a, b, c, d)
 
     def _mask(self, key, x0, y0, x1, y1, a, b, c, d) -> np.ndarray:
-        with self._lock:
-            m = self._masks.get(key)
-            if m is not None:
-                self._masks.move_to_end(key)
-                self.hits += 1
-                return m
-        m = _inside(x0, y0, x1, y1, key[2], a, b, c, d)
-        m.setflags(write=False)
-        with self._lock:
-            self.misses += 1
-            if key not in self._masks:
-                self._masks[key] = m
-                self.bytes += m.nbytes
-                self._evict()
+        m = self._get(self._masks, key)
+        if m is None:
+            m = self._put(self._masks, key, _inside(x0, y0, x1, y1, key[2], a, b, c, d),
+                          computed=True)
         return m
 
     def offsets(self, x0: int, y0: int, x1: int, y1: int, width: int, a: int, b: int,
@@ -213,25 +224,13 @@ class ShapeCache:
         """The segment's pixels as flat offsets from its box's corner ``(a, b)`` on a
         canvas ``w`` wide (sorted), or None when its shape is not cached by nature (add
         ``b * w + a`` for the pixels)."""
-        if ((c - a + 1) * (d - b + 1) > self.area
-                or not self._own_box(x0, y0, x1, y1, width, a, b, c, d)):
+        if not self._cacheable(x0, y0, x1, y1, width, a, b, c, d):
             return None
         key = (x1 - x0, y1 - y0, width, w)
-        with self._lock:
-            o = self._offsets.get(key)
-            if o is not None:
-                self._offsets.move_to_end(key)
-                self.hits += 1
-                return o
-        m = self._mask(key[:3], x0, y0, x1, y1, a, b, c, d)
-        rows, cols = np.nonzero(m)
-        o = rows.astype(np.int64) * w + cols
-        o.setflags(write=False)
-        with self._lock:
-            if key not in self._offsets:
-                self._offsets[key] = o
-                self.bytes += o.nbytes
-                self._evict()
+        o = self._get(self._offsets, key)
+        if o is None:
+            rows, cols = np.nonzero(self._mask(key[:3], x0, y0, x1, y1, a, b, c, d))
+            o = self._put(self._offsets, key, rows.astype(np.int64) * w + cols)
         return o
 
     def _evict(self) -> None:

@@ -11,7 +11,7 @@ from p2pboard import raster, session, wire
 from p2pboard.ops import Paint
 
 from .sim import SimNet
-from .test_sim import H, W, scribble, start
+from .test_sim import H, W, scribble, scribbles, start
 
 ATTACKER = ("198.18.99.99", 47777)
 
@@ -85,9 +85,7 @@ def test_the_same_nack_a_thousand_times_gets_a_few_repairs_per_second():
     net = SimNet(23)
     a, b = start(net, 2)
     rng = random.Random(2)
-    for _ in range(20):
-        scribble(net, a, rng)
-        net.run_for(0.003)
+    scribbles(net, a, rng, 20, 0.003)
     net.settle()
     assert a.engine.seq >= 10
     sent = _inbox(net, a)
@@ -126,9 +124,7 @@ def test_nacks_refused_for_a_reason_of_ours_are_counted_apart_from_hostile_ones(
     net = SimNet(26)
     a, b = start(net, 2)
     rng = random.Random(4)
-    for _ in range(6):
-        scribble(net, a, rng)
-        net.run_for(0.05)
+    scribbles(net, a, rng, 6, 0.05)
     net.settle()
     e, sent = a.engine, a.engine.seq
     assert sent >= 6

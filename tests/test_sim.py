@@ -29,6 +29,13 @@ def scribble(net: SimNet, p, rng: random.Random, n_points: int = 6) -> int:
     return net.act(p, lambda e, now: e.paint(pix, color, now))
 
 
+def scribbles(net: SimNet, p, rng: random.Random, n: int, gap: float) -> None:
+    """``n`` scribbles by ``p``, the network running ``gap`` seconds after each."""
+    for _ in range(n):
+        scribble(net, p, rng)
+        net.run_for(gap)
+
+
 def start(net: SimNet, n: int) -> list:
     peers = [net.add_peer() for _ in range(n)]
     net.run_for(1.0)
@@ -71,9 +78,7 @@ def test_other_holders_repair_when_the_author_is_gone():
     net.filter = lambda s, d, dgram: not (s == author.index and d == victim.index
                                           and dgram[3] == wire.MsgType.DATA)
     rng = random.Random(2)
-    for _ in range(5):
-        scribble(net, author, rng)
-        net.run_for(0.0025)  # one datagram each
+    scribbles(net, author, rng, 5, 0.0025)  # one datagram each
     net.crash(author)
     net.filter = None
     net.settle()
@@ -131,9 +136,7 @@ def test_restarted_peer_and_a_peer_that_left_lose_nothing():
     net = SimNet(10, Faults(loss=0.05))
     peers = start(net, 4)
     rng = random.Random(4)
-    for _ in range(30):
-        scribble(net, peers[1], rng)
-        net.run_for(0.005)
+    scribbles(net, peers[1], rng, 30, 0.005)
     net.leave(peers[1])  # the author leaves: its work stays
     scribble(net, peers[2], rng)
     net.run_for(0.001)
@@ -151,9 +154,7 @@ def test_nack_suppression_with_twenty_receivers():
     net = SimNet(11, Faults(sender_loss=0.1, jitter=0.0004))
     peers = start(net, 21)
     rng = random.Random(5)
-    for _ in range(300):
-        scribble(net, peers[0], rng)
-        net.run_for(0.008)
+    scribbles(net, peers[0], rng, 300, 0.008)
     net.settle()
     t = net.tally
     assert t.loss_events > 15
@@ -376,9 +377,7 @@ def test_a_peer_that_says_goodbye_has_its_operations_folded_everywhere():
     net = SimNet(32, Faults(loss=0.05))
     a, b, c = start(net, 3)
     rng = random.Random(12)
-    for _ in range(20):
-        scribble(net, a, rng)
-        net.run_for(0.003)
+    scribbles(net, a, rng, 20, 0.003)
     net.settle()
     author = a.engine.id
     assert any(op[0] == author for op in b.engine.board._ops)
@@ -436,9 +435,7 @@ def test_a_joiner_does_not_ask_again_for_what_its_snapshot_covered():
     net = SimNet(35, Faults(latency=0.002))
     a, b = start(net, 2)
     rng = random.Random(14)
-    for _ in range(60):
-        scribble(net, a, rng)
-        net.run_for(0.003)
+    scribbles(net, a, rng, 60, 0.003)
     net.settle()
     late = net.add_peer("late")
     for _ in range(30):  # a keeps drawing while late joins
@@ -458,9 +455,7 @@ def test_suppression_keeps_working_when_the_group_is_slow():
     net.run_for(5.0)  # round trips measured
     assert all(0.03 < p.engine._d < 0.06 for p in peers), [p.engine._d for p in peers]
     rng = random.Random(15)
-    for _ in range(150):
-        scribble(net, peers[0], rng)
-        net.run_for(0.02)
+    scribbles(net, peers[0], rng, 150, 0.02)
     net.settle(limit=60)
     t = net.tally
     assert t.loss_events > 8
@@ -809,9 +804,7 @@ def test_strokes_get_no_proactive_parity():
     a = peers[0]
     a.engine.proactive = 6
     rng = random.Random(13)
-    for _ in range(100):
-        scribble(net, a, rng)
-        net.run_for(0.01)
+    scribbles(net, a, rng, 100, 0.01)
     net.settle(limit=60)
     assert a.engine.stats.data_sent >= 64
     assert a.engine.stats.parity_proactive == 0

@@ -171,18 +171,10 @@ class Edge:
         """Mouse-rate traffic with nothing queued: read one datagram and hand it to the
         engine at once. If more are waiting, the loop calls again straight away (it
         watches the socket level-triggered), and that quick second call reads a batch."""
-        try:
-            if self.stamped:
-                data, anc, _flags, addr = self.sock.recvmsg(RECV_SIZE, STAMP_SPACE)
-                at = self._arrival(anc, now, time.time() - now) if anc else now
-            else:
-                data, addr = self.sock.recvfrom(RECV_SIZE)
-                at = now
-        except (BlockingIOError, InterruptedError):
+        got = self._recv(now, time.time() - now if self.stamped else 0.0)
+        if got is None:
             return
-        except OSError as err:  # e.g. ICMP errors reported on the socket
-            self._fault("receive failed: %s", err)
-            return
+        data, addr, at = got
         self._count(1, now)
         if self.closed:
             return
@@ -194,6 +186,21 @@ class Edge:
             self._fault("engine failed on a datagram", exc_info=True)
         self.pump()
         self._done_at = self.loop.time()
+
+    def _recv(self, now: float, offset: float) -> tuple[bytes, tuple, float] | None:
+        """One datagram from the socket: (data, sender, arrival in loop time; ``offset``:
+        wall clock minus loop clock), or None when there is none (or reading failed)."""
+        try:
+            if self.stamped:
+                data, anc, _flags, addr = self.sock.recvmsg(RECV_SIZE, STAMP_SPACE)
+                return data, addr, self._arrival(anc, now, offset) if anc else now
+            data, addr = self.sock.recvfrom(RECV_SIZE)
+            return data, addr, now
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as err:  # e.g. ICMP errors reported on the socket
+            self._fault("receive failed: %s", err)
+            return None
 
     @staticmethod
     def _arrival(anc: list, now: float, offset: float) -> float:
@@ -221,27 +228,14 @@ class Edge:
         room = QUEUE_MAX - len(queue) - len(urgent)
         if now is None:
             now = self.loop.time()
-        stamped = self.stamped
-        if stamped:
-            recvmsg, arrival = self.sock.recvmsg, self._arrival
-            # kernel stamps are wall-clock time; the loop's clock is monotonic
-            offset = time.time() - now
-        else:
-            recv = self.sock.recvfrom
+        # kernel stamps are wall-clock time; the loop's clock is monotonic
+        offset = time.time() - now if self.stamped else 0.0
+        recv = self._recv
         for _ in range(room):
-            try:
-                if stamped:
-                    data, anc, _flags, addr = recvmsg(RECV_SIZE, STAMP_SPACE)
-                    at = arrival(anc, now, offset) if anc else now
-                else:
-                    data, addr = recv(RECV_SIZE)
-                    at = now
-            except (BlockingIOError, InterruptedError):
+            got = recv(now, offset)
+            if got is None:
                 break
-            except OSError as err:  # e.g. ICMP errors reported on the socket
-                self._fault("receive failed: %s", err)
-                break
-            (urgent if is_urgent(data) else queue).append((data, addr, at))
+            (urgent if is_urgent(got[0]) else queue).append(got)
         n = len(queue) + len(urgent)
         if n > self.queue_peak:
             self.queue_peak = n
