@@ -295,8 +295,13 @@ class Board:
                     del regs[t]
                     self._ntoggles -= 1
         for author, regs in other._toggles.items():
+            final = self._folded.get(author, 0)
             for target, (opno, vis) in regs.items():
-                self._set_toggle(author, target, opno, vis)
+                # An operation already final here was folded once we held every toggle
+                # of it: a register for it would change nothing, and a state that has
+                # one does not load (every snapshot and autosave of this board refused).
+                if target > final:
+                    self._set_toggle(author, target, opno, vis)
         for key, e in other._log.items():
             if key not in self._log and e.rec.opno > self._folded.get(e.rec.author, 0):
                 self._add(e)

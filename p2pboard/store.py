@@ -204,8 +204,13 @@ def _load(blob: bytes, width: int, height: int):
             raise StoreError("bad final marks")
         board._folded[a] = o
     for a, t, o, v in _TOGGLE.iter_unpack(r.take(ntog * _TOGGLE.size)):
-        if v > 1 or not 0 < o - t <= UNDO_WINDOW or t <= board._folded.get(a, 0):
+        if v > 1 or not 0 < o - t <= UNDO_WINDOW:
             raise StoreError("bad undo register")
+        if t <= board._folded.get(a, 0):
+            # For an operation that is final: nothing to undo. Dropped, not refused:
+            # boards before 2026-12-04 could hold such a register after a merge, and then
+            # wrote it into every snapshot and autosave file.
+            continue
         regs = board._toggles.setdefault(a, {})
         if t in regs:
             raise StoreError("duplicate undo register")
