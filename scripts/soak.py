@@ -23,9 +23,11 @@ pixels that differ from the majority board (divergent pixels, must be 0) and the
 filled (``unrecoverable`` plus anything still missing, must be 0, except datagrams lost
 with a killed author: skipped after its kill -9 while no live peer said it held them,
 listed but not failed, since nothing can recover what nobody received). Memory (VmRSS of
-every peer process, sampled every second) is reported per peer over time. Exit status 1
-if a board diverges, another gap stays unrecovered or a peer does not sync; 2 for a setup
-problem.
+every peer process, sampled every second) is reported per peer over time, and every live
+peer's counters every 5 s (so a killed peer's last counters are kept). Exit status 1 if a
+board diverges, another gap stays unrecovered, a peer does not sync, a snapshot is refused
+or a restarted peer cannot read its own saved board (every peer here is honest, so either
+is a bug); 2 for a setup problem.
 
 Needs root. Without ``P2PBOARD_IN_NETNS=1`` the script re-runs itself inside ``unshare -n
 -m`` (a private network and a private /run/netns), so even the bridge dies with the run.
@@ -61,6 +63,12 @@ sys.path.insert(0, str(ROOT))
 DOC = ROOT / "docs" / "RELIABILITY.md"
 PLOT = ROOT / "docs" / "soak-memory.png"
 BEGIN, END = "<!-- soak-results:begin -->", "<!-- soak-results:end -->"
+#: seconds between samples of every live peer's counters (kept for the killed ones)
+SAMPLE_STATS = 5.0
+#: what an author's counters say of the NACKs it was sent (see PROTOCOL.md, Counters)
+AUTHOR_KEYS = ("nacks_received", "repairs_sent", "repairs_held_down", "repairs_refused",
+               "nacks_uncached", "repairs_queue_full", "rejected_nack", "parity_sent",
+               "snapshots_sent", "snap_nacks_unknown")
 STAT_KEYS = ("data_sent", "data_received", "gaps", "recovered", "nacks_sent",
              "nacks_suppressed", "repairs_sent", "repairs_received", "repairs_held_down",
              "repairs_refused", "nacks_uncached", "repairs_queue_full", "snap_nacks_unknown",
@@ -120,6 +128,12 @@ class PeerProc:
     drawn: dict = field(default_factory=dict)  # what its scribbler did (final peers)
     pen_down: bool = False  # in the middle of a stroke (from its pen events)
     mem: dict = field(default_factory=dict)  # where its memory goes (final peers)
+    #: its counters and skips as last sampled (every SAMPLE_STATS s): what is left of a
+    #: killed peer's
+    last_stats: dict | None = None
+    #: what went wrong with its saved board at start (the API's autosave_problem)
+    autosave_problem: str | None = None
+    last_stats_at: float = 0.0
 
     @property
     def label(self) -> str:
@@ -134,6 +148,8 @@ class PeerProc:
                     msg = {"event": "garbage", "line": line}
                 if msg.get("event") == "pen":
                     self.pen_down = msg["down"]
+                elif msg.get("event") == "stats" and msg.get("tag") == "sample":
+                    self.last_stats, self.last_stats_at = msg, time.monotonic()
                 else:
                     self.lines.put(msg)
             self.lines.put(None)
@@ -282,6 +298,9 @@ class Soak:
                 raise PeerError(f"{p.label} not ready after 90 s")
             return
         p.id, p.autosave = msg["id"], msg["autosave"]
+        p.autosave_problem = msg.get("autosave_problem")
+        if p.autosave_problem:
+            self.note(f"{p.label} set its saved board aside: {p.autosave_problem}")
         p.pid_ok = verify_pid(p, msg["pid"])
         p.ready_at = self.now()
         p.send(f"scribble {self.plan.seed * 1000 + p.host * 100 + p.gen}")
@@ -379,7 +398,7 @@ class Soak:
         late_at = plan.seconds * plan.late_at
         next_loss = {i: rng.uniform(0, 3) for i in range(n)}
         next_fault = rng.uniform(*plan.fault_every) * (0.5 if plan.quick else 1.0)
-        next_sample = 0.0
+        next_sample = next_stats = 0.0
         while (t := self.now()) < plan.seconds:
             for i, p in self.current.items():
                 if p is not None:
@@ -418,6 +437,14 @@ class Soak:
                         p.sample(t)
                 self.loadavg.append(os.getloadavg()[0])
                 next_sample = t + 1.0
+            if t >= next_stats:
+                for p in self.current.values():
+                    if p is not None and p.ready_at is not None:
+                        try:
+                            p.send("stats sample")
+                        except PeerError:
+                            pass  # it died: the loop above reports that
+                next_stats = t + SAMPLE_STATS
             progress(self)
             time.sleep(0.1)
 
@@ -578,6 +605,16 @@ class Soak:
                                   + (f" at {a.ended_at:.1f} s" if a and a.ended_at else "")
                     if a else "unknown",
                     "seqs": f"{first}-{last}", "never_held": lost, "most_held_by_a_peer": said})
+        # What the authors of gaps skipped while they lived said of the NACKs they got
+        # (their last counters: the final ones, or the last sample before a kill).
+        refusals = {}
+        for k in skips:
+            a = by_id.get(k["sid"])
+            if a is None or k["after_kill"] or a.label in refusals:
+                continue
+            st = a.stats or (a.last_stats or {}).get("stats")
+            if st:
+                refusals[a.label] = {c: st.get(c, 0) for c in AUTHOR_KEYS}
         # Lost with a killed author: skipped after its kill -9 by peers of whom the first
         # heard nobody live say it held them (later ones may hear the first skipper's
         # claim). Datagrams lost on the wire just before a kill die with their author (its
@@ -611,6 +648,18 @@ class Soak:
             "stats_from": f"{len(final)} final peers and {len(left)} that left gracefully "
                           f"(killed peers' counters die with them)",
             "per_peer_stats": {p.label: p.stats for p in final + left},
+            # killed peers: their counters and skips as last sampled before the kill
+            "killed_stats": {p.label: {"sampled_before_kill_s": round(
+                                 p.ended_at - (p.last_stats_at - self.t0), 1),
+                                 "stats": p.last_stats["stats"],
+                                 "skips": p.last_stats.get("skips", [])}
+                             for p in self.all if p.ended == "killed" and p.last_stats},
+            "authors_of_live_skips": refusals,
+            # Our own files and snapshots must always load: either is a bug, never the
+            # network's doing (every peer here is honest).
+            "autosave_problems": {p.label: p.autosave_problem for p in self.all
+                                  if p.autosave_problem},
+            "snapshots_refused": rejected.get("rejected_snapshot", 0),
             "memory_breakdown": {p.label: p.mem for p in final},
             "painted_pixels": int(np.any(ref != np.array(BACKGROUND, np.uint8), axis=2).sum()),
         }
@@ -729,7 +778,9 @@ def render(res: dict) -> str:
         f"board(s) among {len(r['divergent_per_peer'])} peers), **unrecovered gaps: "
         f"{r['unrecovered_gaps']}** ({r.get('unrecovered_with_killed_author', 0)} of them lost "
         f"with a killed author: never held by any live peer), all synced: {r['all_synced']} "
-        f"({r['sync_seconds']} s after drawing stopped). Verdict: "
+        f"({r['sync_seconds']} s after drawing stopped), snapshots refused: "
+        f"{r.get('snapshots_refused', '-')}, saved boards set aside at a restart: "
+        f"{len(r.get('autosave_problems', {}))}. Verdict: "
         f"**{'PASS' if res['ok'] else 'FAIL'}**.",
         "",
         "| faults injected | count |", "|---|---|",
@@ -751,6 +802,14 @@ def render(res: dict) -> str:
                   f"{k['seqs']} | {k['never_held']} | {k['most_held_by_a_peer']} | "
                   f"{'yes' if k.get('with_killed_author') else 'no'} |"
                   for k in r["skips"]]
+        if r.get("authors_of_live_skips"):
+            lines += ["", "What the authors of the gaps skipped while they lived counted of "
+                      "the NACKs sent to them (their final counters, or the last sample "
+                      "before they were killed):", "",
+                      "| author | " + " | ".join(AUTHOR_KEYS) + " |",
+                      "|---" * (len(AUTHOR_KEYS) + 1) + "|"]
+            lines += [f"| {a} | " + " | ".join(str(c.get(k, 0)) for k in AUTHOR_KEYS) + " |"
+                      for a, c in sorted(r["authors_of_live_skips"].items())]
     lines += ["", f"Drawn by the peers present at the end: {r['drawn_by_final_peers']}; "
               f"{r['painted_pixels']} pixels of the final board are not background-coloured.",
               "", "Memory per peer process (VmRSS sampled every second; `h2.3` is the third "
@@ -912,7 +971,8 @@ def main(argv: list[str] | None = None) -> int:
     # not failed: no protocol can recover what nobody received (their ink must still be on
     # every board: divergent pixels count that).
     res["ok"] = (result["divergent_pixels"] == 0 and result["all_synced"]
-                 and result["unrecovered_gaps"] == result["unrecovered_with_killed_author"])
+                 and result["unrecovered_gaps"] == result["unrecovered_with_killed_author"]
+                 and not result["autosave_problems"] and result["snapshots_refused"] == 0)
     print("\n".join(res["sparklines"]))
     print(f"memory (MB, first/max/last): " + ", ".join(
         f"{k} {m['first_mb']}/{m['max_mb']}/{m['last_mb']}" for k, m in sorted(mem.items())))
@@ -923,7 +983,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rejected: {result['rejected']}")
     print(f"divergent pixels: {result['divergent_pixels']} {result['divergent_per_peer']}; "
           f"unrecovered gaps: {result['unrecovered_gaps']}; all synced: {result['all_synced']} "
-          f"in {result['sync_seconds']} s {result['sync_failures'] or ''}")
+          f"in {result['sync_seconds']} s {result['sync_failures'] or ''}; snapshots refused: "
+          f"{result['snapshots_refused']}; saved boards set aside: "
+          f"{result['autosave_problems'] or 0}")
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))
     if a.write:

@@ -9,7 +9,8 @@ It answers one JSON object per line on stdout. Commands, one per line:
     stop            end the scribbling (the stroke being drawn is finished) -> stopped
     sync TIMEOUT    wait_synced -> sync (synced, digest, peers)
     npy PATH        save the raw pixels (uint8 height x width x 4) with numpy.save -> npy
-    stats           -> stats (the board's counters, plus what the scribbler did)
+    stats [TAG]     -> stats (the board's counters, plus what the scribbler did; TAG, if
+                    given, comes back in the answer: soak.py samples with "sample")
     mem             -> mem: where the memory goes (repair cache, snapshots kept for
                     serving, undo log, tables), from the engine's internals
     quit            leave the board (goodbye) and exit -> bye
@@ -154,7 +155,7 @@ async def main(argv=None) -> None:
     async with p2pboard.open_board(group=a.group, port=a.port, iface=a.iface, name=a.name,
                                    size=(w, h), **kw) as board:
         out(event="ready", id=board.id, pid=os.getpid(), autosave=autosave,
-            digest=board.digest())
+            digest=board.digest(), autosave_problem=getattr(board, "autosave_problem", None))
         while True:
             line = (await reader.readline()).decode().split()
             if not line or line[0] == "quit":
@@ -187,7 +188,8 @@ async def main(argv=None) -> None:
                 # Datagrams known to exist but not held (NACK-pending or awaiting a snapshot).
                 behind = sum(max(0, src.highest - src.contiguous - len(src.held))
                              for src in e._sources.values())
-                out(event="stats", stats={**board.stats, "behind": behind},
+                out(event="stats", tag=args[0] if args else None,
+                    stats={**board.stats, "behind": behind},
                     drawn=scribbler.counts if scribbler else {},
                     skips=[list(k) for k in e.skips])
         if scribbler is not None:
