@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from p2pboard import board as board_mod
@@ -509,9 +509,14 @@ def test_dump_never_holds_the_whole_raw_state():
 
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 2**32))
+@example(997)
+@example(12471)
 def test_forgotten_stamp_colours_still_give_the_oracle(seed):
     """With room for only 4 stamps' colours, the older ones are forgotten as operations
-    come: ties at them are then decided pixel by pixel, and the pixels are the same."""
+    come: ties at them are then decided pixel by pixel, and the pixels are the same.
+    (Seeds 997 and 12471: the colour learnt as the table was trimmed went into the old
+    table and was lost; a later stroke at that stamp then took its colour for the only
+    one there and skipped a tie it should have won. 0 of 20,000 seeds differ since.)"""
     rng = random.Random(seed)
     recs = make_history(rng, n_ops=40, twins=0.3)
     order = recs[:]
