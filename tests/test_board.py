@@ -213,6 +213,58 @@ def test_merge_of_two_partial_boards_is_the_union(seed, twins):
     assert np.array_equal(u.pixels, oracle(union))
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32))
+def test_boards_that_merge_each_others_snapshots_always_serve_loadable_ones(seed):
+    """Three boards get most of a history, out of order, settling as they may, and now
+    and then one takes another's snapshot (dump, load, merge: what a fetch does). Every
+    snapshot loads, whatever the board merged before, and once all have merged all,
+    every board shows the oracle's pixels of what they got."""
+    rng = random.Random(seed)
+    recs = make_history(rng, n_ops=60)
+    total: dict[int, dict[int, int]] = {}
+    for a, _, _, r in recs:
+        total.setdefault(a, {}).setdefault(r.opno, 0)
+        total[a][r.opno] += 1
+    boards = [Board(W, H) for _ in range(3)]
+    held: list[dict] = [{} for _ in boards]
+    queues = [[r for r in recs if rng.random() < 0.85] for _ in boards]
+    got = dedup([r for q in queues for r in q])
+    for q in queues:
+        rng.shuffle(q)
+
+    def take_snapshot(i, j):
+        c, _ = store.load(store.dump(boards[j], {}), W, H)
+        assert c.digest() == boards[j].digest()
+        boards[i].merge(c)
+        m, _ = store.load(store.dump(boards[i], {}), W, H)  # what it serves from now on
+        assert m.digest() == boards[i].digest()
+        b = boards[i]  # no register for an operation that is final (load would drop it)
+        assert all(t > b._folded.get(a, 0) for a, regs in b._toggles.items() for t in regs)
+        for k, v in held[j].items():
+            held[i].setdefault(k, set()).update(v)
+
+    while any(queues):
+        i = rng.randrange(len(boards))
+        if rng.random() < 0.15:
+            take_snapshot(i, rng.choice([j for j in range(len(boards)) if j != i]))
+        elif queues[i]:
+            a, seq, idx, r = queues[i].pop()
+            boards[i].apply(r, a, seq, idx)
+            held[i].setdefault((a, r.opno), set()).add((seq, idx))
+            k = 0
+            while k + 1 in total[a] and len(held[i].get((a, k + 1), ())) == total[a][k + 1]:
+                k += 1
+            boards[i].settle(a, k)
+    for i in range(len(boards)):
+        for j in range(len(boards)):
+            if i != j:
+                take_snapshot(i, j)
+    want = oracle(got)
+    for b in boards:
+        assert np.array_equal(b.pixels, want), seed
+
+
 def test_a_merged_undo_register_of_an_operation_final_here_is_not_kept():
     """Found by the 10-minute soak: a snapshot's undo register for an operation this
     board had already made final (folded: it held every toggle of it by then) was taken
