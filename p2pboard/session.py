@@ -365,6 +365,10 @@ class Engine:
         self.skips: deque[tuple[float, int, int, int, int, int]] = deque(maxlen=256)
         #: datagrams read but not yet handed to us (the edge keeps it up to date)
         self.backlog = 0
+        #: when the oldest of those arrived (None: nothing waiting; the edge keeps it up to
+        #: date). Who is silent is judged at that time, not now: a peer seconds behind on
+        #: its queue has not heard, yet, what the others sent since (see _heard_until).
+        self.queued_since: float | None = None
         # Parity: per block of ours, the next parity index and when parity went out;
         # per (source, block) of others', the parity symbols held until it can be rebuilt.
         self._parity_out: dict[int, _BlockParity] = {}
@@ -1546,7 +1550,16 @@ class Engine:
         if p is not None:
             return p.alive
         src = self._sources.get(sid)
-        return src is not None and now - src.heard < self.timers.peer_timeout
+        return src is not None and self._heard_until(now) - src.heard < self.timers.peer_timeout
+
+    def _heard_until(self, now: float) -> float:
+        """The time up to which we have heard everything that reached us: ``now``, or when
+        the oldest datagram still waiting in our receive queue arrived. Silence and
+        timeouts are judged at it. (The 10-minute soak: peers seconds behind judged by
+        the clock heard "nobody" every few seconds, re-joining the group each time, and
+        took live authors for gone, skipping their gaps after 3 snapshot fetches.)"""
+        q = self.queued_since
+        return now if q is None or q > now else q
 
     def _hear_parity_nack(self, src: Source, b: int, need: int, attempt: int,
                           now: float) -> None:
@@ -2063,10 +2076,15 @@ class Engine:
         if now >= self._next_expiry:
             self._expire(now)
         if now >= self._silence_at:
-            self._events.append(Silence(now - self._last_heard_other, bool(self._peers)))
-            self.stats.rejoins += 1
-            self._silence_wait = min(2 * self._silence_wait, t.silence_rejoin_max)
-            self._silence_at = now + self._silence_wait
+            if self._heard_until(now) < self._silence_at:
+                # What came in before the deadline still waits in our queue: not silence.
+                # Looked at again shortly (each datagram from a peer moves the deadline).
+                self._silence_at = now + min(self._silence_wait, SILENCE_RECHECK)
+            else:
+                self._events.append(Silence(now - self._last_heard_other, bool(self._peers)))
+                self.stats.rejoins += 1
+                self._silence_wait = min(2 * self._silence_wait, t.silence_rejoin_max)
+                self._silence_at = now + self._silence_wait
         for src in list(self._sources.values()):
             if src.missing:
                 self._nack_timer(src, now)
@@ -2253,8 +2271,9 @@ class Engine:
     def _expire(self, now: float) -> None:
         self._next_expiry = now + 0.5
         self._update_distance()
+        heard = self._heard_until(now)
         for p in self._peers.values():
-            if p.alive and now - p.last_heard > self.timers.peer_timeout:
+            if p.alive and heard - p.last_heard > self.timers.peer_timeout:
                 p.alive = False
                 self._events.append(PeerLeft(p.id, "timeout"))
         if len(self._peers) > self.timers.max_peers // 2:
@@ -2309,6 +2328,8 @@ MAX_REPAIR_QUEUE = 8192
 #: MAX_GIVE_UPS while its author is alive or a peer says it holds them.
 GIVE_UPS = 3
 MAX_GIVE_UPS = 12
+#: seconds between looks at a silence deadline put off by our own receive backlog
+SILENCE_RECHECK = 0.5
 #: A SESSION count further on than this from the last one heard is a restart of the
 #: count, not that many missed (and one this far behind is an old one, late).
 SESSION_COUNT_JUMP = 256

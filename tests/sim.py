@@ -197,15 +197,27 @@ class SimNet:
             if kind == "timer":
                 if payload != p.timer_version:
                     continue
+                if p.cost:
+                    self._queue_state(p)
                 p.engine.handle_timer(self.now)
             else:
                 if payload[2] is not None:
                     del p.waiting[bisect.bisect_left(p.waiting, payload[2])]
                 if p.cost:
-                    p.engine.backlog = bisect.bisect_right(p.waiting, self.now)
-                p.engine.receive_datagram(payload[0], payload[1], self.now)
+                    self._queue_state(p)
+                # As the edge does: a datagram that waited its turn is given the time it
+                # arrived, not the time it is processed.
+                p.engine.receive_datagram(payload[0], payload[1],
+                                          self.now if payload[2] is None else payload[2])
             self._after(p)
         self.now = max(self.now, t_end)
+
+    def _queue_state(self, p: SimPeer) -> None:
+        """What the edge tells a busy peer's engine of its receive queue: how many
+        datagrams wait (arrived, not yet handed over) and when the oldest arrived."""
+        n = bisect.bisect_right(p.waiting, self.now)
+        p.engine.backlog = n
+        p.engine.queued_since = p.waiting[0] if n else None
 
     def run_for(self, dt: float) -> None:
         self.run_until(self.now + dt)

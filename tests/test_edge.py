@@ -95,6 +95,37 @@ def test_repairs_and_nacks_go_before_the_backlog_and_the_rest_keeps_its_order(mo
     assert ed.queue_peak == 11
 
 
+def test_the_engine_knows_when_the_oldest_datagram_still_queued_arrived(monkeypatch):
+    """Silence and timeouts are judged at that time (Engine._heard_until): a peer seconds
+    behind on its queue has not yet heard what the others sent meanwhile."""
+    monkeypatch.setattr(edge_mod, "PROCESS_BATCH", 4)
+    seen: list[tuple[int, float | None, float]] = []
+
+    async def main():
+        e = Engine(Config(size=SIZE), peer_id=1)
+        real = e.receive_datagram
+
+        def spy(d, a, now):
+            seen.append((e.backlog, e.queued_since, now))
+            real(d, a, now)
+
+        e.receive_datagram = spy
+        ed = Edge(e, FakeSocket([data(s) for s in range(1, 11)]), ("239.0.0.1", 5000),
+                  loop=asyncio.get_running_loop())
+        ed._readable()  # one datagram at once: nothing queued
+        ed._readable()  # the rest as a batch, four at a time
+        for _ in range(20):
+            await asyncio.sleep(0)
+        ed.close()
+        return e
+
+    e = asyncio.run(main())
+    assert len(seen) == 10 and seen[0][:2] == (0, None)
+    for backlog, since, now in seen[1:-1]:
+        assert backlog > 0 and since is not None and since <= now + 1e-9
+    assert seen[-1][:2] == (0, None) and e.queued_since is None
+
+
 def test_the_read_ahead_queue_is_bounded(monkeypatch):
     monkeypatch.setattr(edge_mod, "QUEUE_MAX", 5)
     sock_items = [data(s) for s in range(1, 21)]

@@ -1012,3 +1012,30 @@ def test_a_gap_that_was_waiting_in_our_queue_is_no_repair():
     net.act(c, lambda e, now: None)
     net.settle()
     assert c.engine.board.digest() == a.engine.board.digest()
+
+
+def test_a_receiver_seconds_behind_on_its_queue_takes_nobody_for_gone():
+    """Found by the 10-minute soak: a peer busy with a backlog of seconds judged the
+    others by the arrival times of what it had processed so far, against the clock: it
+    heard "nobody" every few seconds (re-joining the group each time), took live peers
+    for gone, and so skipped their gaps after 3 snapshot fetches instead of 12. Only
+    what arrived before the oldest datagram still waiting in its queue counts."""
+    from p2pboard.events import PeerLeft, Silence
+
+    net = SimNet(21, size=(640, 480))
+    a, b, c = start(net, 3)
+    net.run_for(2.0)
+    c.cost = 0.012  # 12 ms a datagram: the paste below is 12 s of work
+    net.act(a, lambda e, now: e.paste(_noise(640, 480, 21), 0, 0, now))
+    events, behind = [], 0.0
+    while net.now < 30 and (net.now < 3 or c.waiting):
+        net.run_for(0.05)
+        while (ev := c.engine.next_event()) is not None:
+            events.append(ev)
+        if c.waiting:
+            behind = max(behind, net.now - c.waiting[0])
+    assert behind > c.engine.timers.peer_timeout + 2 and not c.waiting  # and caught up
+    assert not [ev for ev in events if isinstance(ev, (PeerLeft, Silence))], events
+    assert c.engine.stats.rejoins == 0
+    net.settle(limit=60)
+    assert c.engine.board.digest() == a.engine.board.digest()

@@ -180,6 +180,7 @@ class Edge:
             return
         engine = self.engine
         engine.backlog = 0
+        engine.queued_since = None
         try:
             engine.receive_datagram(data, addr, at)
         except Exception:  # noqa: BLE001 - a bug must not take the peer down
@@ -255,6 +256,8 @@ class Edge:
             else:
                 break
             engine.backlog = len(urgent) + len(queue)
+            # when the oldest still waiting arrived: silence and timeouts are judged then
+            engine.queued_since = queue[0][2] if queue else None
             try:
                 # ``at``: when it arrived (see _drain), not now: round trips and repair
                 # delays measured by the engine are the network's, not our backlog's.
@@ -262,6 +265,7 @@ class Edge:
             except Exception:  # noqa: BLE001 - a bug must not take the peer down
                 self._fault("engine failed on a datagram", exc_info=True)
         engine.backlog = len(urgent) + len(queue)
+        engine.queued_since = queue[0][2] if queue else None
         if urgent or queue:
             if self._resume is None:
                 self._resume = self.loop.call_soon(self._continue)
