@@ -19,15 +19,18 @@ a pasted image or a clear). Meanwhile a seeded schedule
 A progress bar on stderr shows elapsed time, live peers, current loss and memory. At the
 end the churn stops, loss and partitions are removed, every host gets a peer again, all
 stop drawing and wait until synced; each saves its raw pixels and the script counts the
-pixels that differ from the majority board (divergent pixels, must be 0) and the gaps never
-filled (``unrecoverable`` plus anything still missing, must be 0, except datagrams lost
-with a killed author: skipped after its kill -9 while no live peer said it held them,
-listed but not failed, since nothing can recover what nobody received). Memory (VmRSS of
-every peer process, sampled every second) is reported per peer over time, and every live
-peer's counters every 5 s (so a killed peer's last counters are kept). Exit status 1 if a
-board diverges, another gap stays unrecovered, a peer does not sync, a snapshot is refused
-or a restarted peer cannot read its own saved board (every peer here is honest, so either
-is a bug); 2 for a setup problem.
+pixels that differ from the majority board (divergent pixels, must be 0; boards that
+still differ once all are synced get 20 s for anti-entropy to mend them, and the report
+says how many there were and how long it took) and the gaps never filled
+(``unrecoverable`` plus anything still missing, must be 0, except datagrams lost with a
+killed author: skipped after its kill -9 while no live peer said it held them, listed but
+not failed, since nothing can recover what nobody received; the skips of a peer killed
+later count too, from its last sample, since what it served meanwhile passed the gap on).
+Memory (VmRSS of every peer process, sampled every second) is reported per peer over
+time, and every live peer's counters every 5 s (so a killed peer's last counters are
+kept). Exit status 1 if a board diverges, another gap stays unrecovered, a peer does not
+sync, a snapshot is refused or a restarted peer cannot read its own saved board (every
+peer here is honest, so either is a bug); 2 for a setup problem.
 
 Needs root. Without ``P2PBOARD_IN_NETNS=1`` the script re-runs itself inside ``unshare -n
 -m`` (a private network and a private /run/netns), so even the bridge dies with the run.
@@ -65,6 +68,8 @@ PLOT = ROOT / "docs" / "soak-memory.png"
 BEGIN, END = "<!-- soak-results:begin -->", "<!-- soak-results:end -->"
 #: seconds between samples of every live peer's counters (kept for the killed ones)
 SAMPLE_STATS = 5.0
+#: seconds anti-entropy is given, after every peer is synced, to make differing boards agree
+AE_WAIT = 20.0
 #: what an author's counters say of the NACKs it was sent (see PROTOCOL.md, Counters)
 AUTHOR_KEYS = ("nacks_received", "repairs_sent", "repairs_held_down", "repairs_refused",
                "nacks_uncached", "repairs_queue_full", "rejected_nack", "parity_sent",
@@ -508,6 +513,23 @@ class Soak:
         syncs = self.wait_all("sync", sync_timeout + 60)
         t_synced = self.now()
         self.note(f"all peers answered sync in {t_synced - t_stop:.1f} s")
+        # Synced means holding every datagram; boards that still differ then (a gap passed
+        # on in a snapshot, a file) are what anti-entropy mends (PROTOCOL.md): a peer
+        # that holds what another holds but shows another digest fetches its state. Give
+        # it AE_WAIT, and report both.
+        self.digests_at_sync = len({m["digest"] for m in syncs.values()})
+        self.agreed_after = 0.0 if self.digests_at_sync == 1 else None
+        while self.agreed_after is None and self.now() - t_synced < AE_WAIT:
+            time.sleep(1.0)
+            for p in self.current.values():
+                p.send("sync 5")
+            again = self.wait_all("sync", 65)
+            if len({m["digest"] for m in again.values()}) == 1:
+                self.agreed_after = round(self.now() - t_synced, 1)
+        if self.digests_at_sync > 1:
+            self.note(f"{self.digests_at_sync} different boards when synced; "
+                      + (f"the same {self.agreed_after} s later (anti-entropy)"
+                         if self.agreed_after is not None else f"still after {AE_WAIT:.0f} s"))
         boards = {}
         import numpy as np
         for p in self.current.values():
@@ -586,20 +608,25 @@ class Soak:
         # Gaps skipped as unrecoverable by anyone, plus what a final peer still lacks after
         # syncing: known to exist, not held (a peer that left mid-run naturally had gaps in
         # flight: not counted).
+        # (plus, below, the gaps that peers killed later had skipped while their author
+        # lived: what they served meanwhile passed the hole on)
         unrecovered = (sum(int(p.stats.get("unrecoverable", 0)) for p in final + left)
                        + sum(int(p.stats.get("behind", p.stats.get("missing", 0)))
                              for p in final))
         # Who skipped what, whose it was, and what had become of its author then.
         by_id = {p.id: p for p in self.all if p.id}
         skips = []
-        for p in final + left:
-            for t, sid, first, last, lost, said in p.skips:
+        killed = [p for p in self.all if p.ended == "killed" and p.last_stats]
+        for p in final + left + killed:
+            for t, sid, first, last, lost, said in (p.skips if p in final + left
+                                                    else p.last_stats.get("skips", [])):
                 a = by_id.get(sid)
                 skips.append({
                     "sid": sid, "first": first, "said": said,
                     "after_kill": (a is not None and a.ended == "killed"
                                    and t - self.t0 >= a.ended_at),
-                    "at_s": round(t - self.t0, 1), "peer": p.label,
+                    "at_s": round(t - self.t0, 1),
+                    "peer": p.label + (" (killed later)" if p in killed else ""),
                     "author": a.label if a else f"{sid:08x}",
                     "author_end": f"{a.ended or 'final'}"
                                   + (f" at {a.ended_at:.1f} s" if a and a.ended_at else "")
@@ -626,6 +653,8 @@ class Soak:
         for k in skips:
             k["with_killed_author"] = (k.pop("after_kill")
                                        and first_said[(k["sid"], k["first"])] < k["first"])
+            if k["peer"].endswith("(killed later)"):
+                unrecovered += k["never_held"]
             del k["sid"], k["first"], k["said"]
         drawn: dict[str, int] = {}
         for p in final:
@@ -640,6 +669,8 @@ class Soak:
                                                   if k["with_killed_author"]),
             "skips": skips,
             "all_synced": all(s["synced"] for s in syncs.values()),
+            "boards_at_sync": getattr(self, "digests_at_sync", None),
+            "agreed_after_s": getattr(self, "agreed_after", None),
             "sync_failures": {f"h{h}": s["why"] for h, s in syncs.items() if not s["synced"]},
             "sync_seconds": round(sync_time, 1),
             "totals": totals,
@@ -775,7 +806,13 @@ def render(res: dict) -> str:
         f"seed {res['seed']}, autosave {'on' if res['autosave'] else 'not available yet'}",
         "",
         f"**Divergent pixels: {r['divergent_pixels']}** ({r['distinct_boards']} distinct "
-        f"board(s) among {len(r['divergent_per_peer'])} peers), **unrecovered gaps: "
+        f"board(s) among {len(r['divergent_per_peer'])} peers"
+        + (f"; {r['boards_at_sync']} when all were synced, the same "
+           f"{r['agreed_after_s']} s later by anti-entropy"
+           if (r.get("boards_at_sync") or 1) > 1 and r.get("agreed_after_s") is not None
+           else f"; {r['boards_at_sync']} when all were synced"
+           if (r.get("boards_at_sync") or 1) > 1 else "")
+        + f"), **unrecovered gaps: "
         f"{r['unrecovered_gaps']}** ({r.get('unrecovered_with_killed_author', 0)} of them lost "
         f"with a killed author: never held by any live peer), all synced: {r['all_synced']} "
         f"({r['sync_seconds']} s after drawing stopped), snapshots refused: "
