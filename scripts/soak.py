@@ -677,7 +677,8 @@ class Soak:
             "rejected": rejected,
             "drawn_by_final_peers": drawn,
             "stats_from": f"{len(final)} final peers and {len(left)} that left gracefully "
-                          f"(killed peers' counters die with them)",
+                          "(a killed peer's last sampled counters are in the --json "
+                          "output, not in these totals)",
             "per_peer_stats": {p.label: p.stats for p in final + left},
             # killed peers: their counters and skips as last sampled before the kill
             "killed_stats": {p.label: {"sampled_before_kill_s": round(
