@@ -323,3 +323,34 @@ def test_caught_up_on_a_stream_the_edge_pauses_reading():
         ed.close()
 
     asyncio.run(main())
+
+
+def test_a_datagram_that_waited_in_the_kernel_makes_the_edge_read_the_backlog_first():
+    """After the peer was away (a long task, no CPU), the first datagram's arrival stamp
+    is old: the edge reads what waits behind it before handing any over, so the engine
+    knows its backlog (and when it began) before a timer judges silence."""
+    seen: list[tuple[int, float | None]] = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        e = Engine(Config(size=SIZE), peer_id=1, now=loop.time())
+        real = e.receive_datagram
+
+        def spy(d, a, now):
+            seen.append((e.backlog, e.queued_since))
+            real(d, a, now)
+
+        e.receive_datagram = spy
+        ed = Edge(e, FakeSocket([data(s) for s in range(1, 6)]), ("239.0.0.1", 5000),
+                  loop=loop)
+        recv = ed._recv
+        away = loop.time() - 2.0
+        ed._recv = lambda now, off: (lambda g: g and (g[0], g[1], away))(recv(now, off))
+        ed._readable()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        ed.close()
+
+    asyncio.run(main())
+    assert [b for b, _ in seen] == [4, 3, 2, 1, 0]
+    assert all(since is not None for _, since in seen[:-1])

@@ -17,7 +17,10 @@ that the next wake-up reads a batch (:data:`COALESCE_RATE`): a wake-up costs abo
 much as decoding a datagram, and the arrival stamps keep the engine's timings true. At
 mouse rate the other way round: a wake-up finds one datagram, which goes straight to the
 engine, with no queue and no second read to learn that the socket is empty (between two
-strokes' datagrams the CPU caches go cold, and every line run then costs microseconds).
+strokes' datagrams the CPU caches go cold, and every line run then costs microseconds);
+unless its arrival stamp says it waited in the kernel (we were away): then what waits
+behind it is read first. The engine is told how many datagrams wait and when the oldest
+arrived (``backlog``, ``queued_since``): it judges silence and timeouts by that.
 
 It sends what the engine wants sent and keeps exactly one timer armed at the engine's
 next deadline. Between bursts it lets :mod:`p2pboard.heap` give freed memory back to the
@@ -58,6 +61,8 @@ COALESCE_MAX = 0.001
 RATE_WINDOW = 0.01  # seconds over which the arrival rate is counted
 #: a wake-up sooner than this after the last one was done finds a burst: read a batch
 BURST_GAP = 0.0005
+#: a datagram that waited in the kernel longer than this means we were away: read a batch
+STALE_READ = 0.05
 TRIM_EVERY = 2.0  # seconds between looks at whether freed memory should go back (heap.py)
 TRIM_QUIET = 0.5  # ... and never sooner than this after a stream (a paste, a snapshot)
 TIMESPEC = struct.Struct("@qq")  # struct timespec: seconds, nanoseconds
@@ -177,6 +182,14 @@ class Edge:
         data, addr, at = got
         self._count(1, now)
         if self.closed:
+            return
+        if now - at > STALE_READ:
+            # It waited in the kernel: we were away (a long task, no CPU), and more are
+            # likely waiting behind it. Read them all first, so that the engine knows its
+            # backlog before any timer judges silence or timeouts (Engine.queued_since).
+            (self._urgent if self.engine.urgent(data) else self._queue).append(got)
+            self._drain(now)
+            self._process()
             return
         engine = self.engine
         engine.backlog = 0
