@@ -427,6 +427,8 @@ class Engine:
         self._heard_synced_peer = False
         self._serve: dict[int, _SnapServe] = {}
         self._snap_answers: dict[tuple[int, int], float] = {}  # (joiner, req) -> due
+        #: (joiner, req) -> when we saw another peer offer it a snapshot (SNAP_META)
+        self._snap_offered: dict[tuple[int, int], float] = {}
         # defences against hostile or broken peers
         t = self.timers
         self._bound: dict[int, list] = {}  # peer id -> [address, last heard from it]
@@ -988,11 +990,13 @@ class Engine:
     # ------------------------------------------------------------------ input
 
     def urgent(self, data: bytes) -> bool:
-        """Should this datagram be handled before others already waiting? Repairs and NACKs:
-        a glance at the header, nothing checked (a wrong answer only changes the order; on
-        a passphrase board the header is sealed and everything keeps its order)."""
+        """Should this datagram be handled before others already waiting? Repairs, NACKs
+        and snapshot requests and offers (a busy peer that read an offer only after its own
+        answer was due offered a second snapshot, every chunk of it multicast): a glance at
+        the header, nothing checked (a wrong answer only changes the order; on a passphrase
+        board the header is sealed and everything keeps its order)."""
         return (self._opener is None and len(data) > 4 and data[:2] == wire.MAGIC
-                and (data[3] == wire.MsgType.NACK
+                and (data[3] in _URGENT
                      or (data[3] in (wire.MsgType.DATA, wire.MsgType.PARITY)
                          and bool(data[4] & wire.FLAG_REPAIR))))
 
@@ -1809,10 +1813,14 @@ class Engine:
         self._touch(h, now)
         if self.joining or self._fetch is not None or r.target not in (0, self.id):
             return  # a peer still fetching state itself must not hand out a partial board
+        if (h.sender, r.req_id) in self._snap_offered:
+            return  # another peer offered it a snapshot already (a retry crossed it)
         if len(self._snap_answers) < 64:
-            # Peers holding everything they know of answer first; the others only if none
-            # of those does (their offer would then be cancelled by the first one seen).
-            late = 0.0 if self.missing_count() == 0 else 0.05 + 4 * self._d
+            # Peers holding everything they know of, and not behind on their receive
+            # queue, answer first; the others only if none of those does (their offer
+            # would then be cancelled by the first one seen).
+            late = (0.0 if self.missing_count() == 0 and not self.backlog
+                    else 0.05 + 4 * self._d)
             self._snap_answers[(h.sender, r.req_id)] = now + late + self.rng.uniform(
                 0, max(self.timers.snap_answer_max, 2 * self._d))
 
@@ -1820,6 +1828,8 @@ class Engine:
         m = wire.decode_snap_meta(body)
         self._touch(h, now)
         self._snap_answers.pop((m.target, m.req_id), None)  # someone else answers it
+        if len(self._snap_offered) < 1024:
+            self._snap_offered[(m.target, m.req_id)] = now
         f = self._fetch
         if f is None or m.target != self.id or m.req_id != f.req_id or f.snap_id:
             return
@@ -1971,8 +1981,14 @@ class Engine:
             return
         if now < max(f.last_chunk, f.asked_at) + t.snap_idle:
             return
+        heard = self._heard_until(now)
+        if heard < max(f.last_chunk, f.asked_at) + t.snap_idle:
+            # The chunks that came in meanwhile may be waiting in our receive queue:
+            # asking for them again would only have them sent twice. Look again later.
+            f.asked_at = now
+            return
         server = self._peers.get(f.server)
-        if (server is not None and not server.alive) or now - f.last_chunk > t.snap_give_up:
+        if (server is not None and not server.alive) or heard - f.last_chunk > t.snap_give_up:
             # The server went away: ask again from anyone.
             self._fetch = None
             self._start_fetch(now)
@@ -2291,6 +2307,8 @@ class Engine:
         for pid in [pid for pid, t in self._ae_asked.items()
                     if now - t > self.timers.anti_entropy_interval]:
             del self._ae_asked[pid]
+        for k in [k for k, t in self._snap_offered.items() if now - t > SNAP_OFFERED_KEEP]:
+            del self._snap_offered[k]
         for sid in [sid for sid, sv in self._serve.items()
                     if now - sv.last_used > self.timers.snap_keep]:
             del self._serve[sid]
@@ -2330,6 +2348,10 @@ GIVE_UPS = 3
 MAX_GIVE_UPS = 12
 #: seconds between looks at a silence deadline put off by our own receive backlog
 SILENCE_RECHECK = 0.5
+#: seconds a snapshot request answered by another peer is left to it (its retries too)
+SNAP_OFFERED_KEEP = 1.0
+#: message types handled before the receive queue (Engine.urgent), besides repairs
+_URGENT = frozenset((wire.MsgType.NACK, wire.MsgType.SNAP_REQ, wire.MsgType.SNAP_META))
 #: A SESSION count further on than this from the last one heard is a restart of the
 #: count, not that many missed (and one this far behind is an old one, late).
 SESSION_COUNT_JUMP = 256

@@ -47,10 +47,13 @@ def nack() -> bytes:
     return wire.encode_nack(78, 1, SIZE, wire.Nack(77, 1, ((1, 2),)))
 
 
-def test_urgent_is_repairs_and_nacks_only():
+def test_urgent_is_repairs_nacks_and_snapshot_requests_and_offers_only():
     e = Engine(Config(size=SIZE), peer_id=1)
     assert e.urgent(data(5, wire.FLAG_REPAIR))
     assert e.urgent(nack())
+    assert e.urgent(wire.encode_snap_req(78, 1, SIZE, wire.SnapReq(9, 0)))
+    assert e.urgent(wire.encode_snap_meta(78, 1, SIZE, wire.SnapMeta(79, 9, 5, 4000, 1000)))
+    assert not e.urgent(wire.encode_snap_chunk(78, 1, SIZE, wire.SnapChunk(0, 5, 0, b"x" * 1000)))
     assert not e.urgent(data(5))
     assert not e.urgent(wire.encode_empty(wire.MsgType.HEARTBEAT, 77, 5, SIZE))
     assert not e.urgent(b"")

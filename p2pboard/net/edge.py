@@ -6,9 +6,9 @@ costs a few microseconds; decoding and applying, tens), then hands the engine a 
 remain. Each datagram goes to the engine with ``now`` the loop time it arrived: the
 kernel's arrival stamp where the socket has them (``SO_TIMESTAMPNS``), else the time it
 was read. The round trips and repair delays the engine measures are then the network's,
-not our own backlog's, nor when this loop happened to read. Repairs and NACKs jump that
-queue (:meth:`Engine.urgent`): a peer that is behind on a big paste still answers and
-takes repairs within milliseconds, so a repair is not stuck behind a second of backlog
+not our own backlog's, nor when this loop happened to read. Repairs, NACKs and snapshot
+requests and offers jump that queue (:meth:`Engine.urgent`): a peer that is behind on a
+big paste still answers and takes repairs within milliseconds, so a repair is not stuck behind a second of backlog
 and the others see it in time to suppress their own. The queue is bounded
 (:data:`QUEUE_MAX`); past it the kernel's buffer holds the rest, then drops, and the gaps
 are repaired like any loss. While datagrams stream in faster than mouse rate (a paste, a
