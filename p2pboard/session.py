@@ -158,6 +158,10 @@ class Stats:
     sessions_sent: int = 0
     snapshots_sent: int = 0
     snapshot_chunks_sent: int = 0
+    snapshot_chunks_resent: int = 0  # ... of which asked for again (SNAP_NACK)
+    snapshots_built: int = 0  # snapshots made afresh (the others offered were made before)
+    snap_requests_sent: int = 0  # SNAP_REQ: joining, a gap given up on, anti-entropy
+    gap_fetches: int = 0  # snapshot fetches begun for gaps that NACKs did not fill
     snapshots_received: int = 0
     unrecoverable: int = 0
     ignored_own: int = 0
@@ -1238,6 +1242,8 @@ class Engine:
             self._skip(src, src.highest)
             return
         src.missing.clear()
+        if self._fetch is None:
+            self.stats.gap_fetches += 1
         self._start_fetch(now, target=self._holder_of(src))
 
     def _can_fill(self, src: Source, now: float) -> bool:
@@ -1786,6 +1792,7 @@ class Engine:
         f = self._fetch
         f.asked_at = now
         f.attempts += 1
+        self.stats.snap_requests_sent += 1
         # Ask the chosen holder first; if it does not answer, anyone.
         target = f.target if f.attempts <= 2 else 0
         self._control.append(wire.encode_snap_req(self.id, self._sent_seq, self.size,
@@ -2023,6 +2030,7 @@ class Engine:
                     continue
                 self._queue_chunk(sv, i, h.sender)
                 resent += 1
+        self.stats.snapshot_chunks_resent += resent
         if resent and len(self._rate_nacked) < 4096:
             # A joiner that lost chunks tells the pacer the same as a NACK would: a
             # snapshot paced faster than a busy joiner can take failed again and again
@@ -2057,6 +2065,7 @@ class Engine:
             sv = _SnapServe(self.rng.randrange(1, 1 << 32), blob, now, now)
             self._serve[sv.snap_id] = sv
             fresh = True
+            self.stats.snapshots_built += 1
         sv.last_used = now
         self.stats.snapshots_sent += 1
         self._control.append(wire.encode_snap_meta(

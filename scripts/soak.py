@@ -77,7 +77,9 @@ AUTHOR_KEYS = ("nacks_received", "repairs_sent", "repairs_held_down", "repairs_r
 STAT_KEYS = ("data_sent", "data_received", "gaps", "recovered", "nacks_sent",
              "nacks_suppressed", "repairs_sent", "repairs_received", "repairs_held_down",
              "repairs_refused", "nacks_uncached", "repairs_queue_full", "snap_nacks_unknown",
-             "duplicates", "snapshots_sent", "snapshots_received", "unrecoverable", "missing",
+             "duplicates", "snapshots_sent", "snapshots_built", "snapshot_chunks_sent",
+             "snapshot_chunks_resent", "snapshots_received", "snap_requests_sent",
+             "gap_fetches", "divergences", "unrecoverable", "missing",
              "behind",
              "send_errors", "board_rejected", "board_forced_folds")
 
