@@ -138,9 +138,9 @@ class PeerProc:
     #: its counters and skips as last sampled (every SAMPLE_STATS s): what is left of a
     #: killed peer's
     last_stats: dict | None = None
+    last_stats_at: float = 0.0
     #: what went wrong with its saved board at start (the API's autosave_problem)
     autosave_problem: str | None = None
-    last_stats_at: float = 0.0
 
     @property
     def label(self) -> str:
@@ -519,19 +519,19 @@ class Soak:
         # on in a snapshot, a file) are what anti-entropy mends (PROTOCOL.md): a peer
         # that holds what another holds but shows another digest fetches its state. Give
         # it AE_WAIT, and report both.
-        self.digests_at_sync = len({m["digest"] for m in syncs.values()})
-        self.agreed_after = 0.0 if self.digests_at_sync == 1 else None
-        while self.agreed_after is None and self.now() - t_synced < AE_WAIT:
+        at_sync = len({m["digest"] for m in syncs.values()})
+        agreed_after = 0.0 if at_sync == 1 else None
+        while agreed_after is None and self.now() - t_synced < AE_WAIT:
             time.sleep(1.0)
             for p in self.current.values():
                 p.send("sync 5")
             again = self.wait_all("sync", 65)
             if len({m["digest"] for m in again.values()}) == 1:
-                self.agreed_after = round(self.now() - t_synced, 1)
-        if self.digests_at_sync > 1:
-            self.note(f"{self.digests_at_sync} different boards when synced; "
-                      + (f"the same {self.agreed_after} s later (anti-entropy)"
-                         if self.agreed_after is not None else f"still after {AE_WAIT:.0f} s"))
+                agreed_after = round(self.now() - t_synced, 1)
+        if at_sync > 1:
+            self.note(f"{at_sync} different boards when synced; "
+                      + (f"the same {agreed_after} s later (anti-entropy)"
+                         if agreed_after is not None else f"still after {AE_WAIT:.0f} s"))
         boards = {}
         import numpy as np
         for p in self.current.values():
@@ -555,7 +555,9 @@ class Soak:
                 p.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.proc.kill()
-        return self.compare(boards, syncs, t_synced - t_stop)
+        result = self.compare(boards, syncs, t_synced - t_stop)
+        result.update(boards_at_sync=at_sync, agreed_after_s=agreed_after)
+        return result
 
     def wait_all(self, event: str, timeout: float) -> dict[int, dict]:
         """The answer of every current peer, sampling memory every second meanwhile."""
@@ -619,16 +621,18 @@ class Soak:
         by_id = {p.id: p for p in self.all if p.id}
         skips = []
         killed = [p for p in self.all if p.ended == "killed" and p.last_stats]
-        for p in final + left + killed:
-            for t, sid, first, last, lost, said in (p.skips if p in final + left
-                                                    else p.last_stats.get("skips", [])):
+        for p, later in [(p, False) for p in final + left] + [(p, True) for p in killed]:
+            for t, sid, first, last, lost, said in (p.last_stats.get("skips", []) if later
+                                                    else p.skips):
+                if later:
+                    unrecovered += lost
                 a = by_id.get(sid)
                 skips.append({
                     "sid": sid, "first": first, "said": said,
                     "after_kill": (a is not None and a.ended == "killed"
                                    and t - self.t0 >= a.ended_at),
                     "at_s": round(t - self.t0, 1),
-                    "peer": p.label + (" (killed later)" if p in killed else ""),
+                    "peer": p.label + (" (killed later)" if later else ""),
                     "author": a.label if a else f"{sid:08x}",
                     "author_end": f"{a.ended or 'final'}"
                                   + (f" at {a.ended_at:.1f} s" if a and a.ended_at else "")
@@ -655,8 +659,6 @@ class Soak:
         for k in skips:
             k["with_killed_author"] = (k.pop("after_kill")
                                        and first_said[(k["sid"], k["first"])] < k["first"])
-            if k["peer"].endswith("(killed later)"):
-                unrecovered += k["never_held"]
             del k["sid"], k["first"], k["said"]
         drawn: dict[str, int] = {}
         for p in final:
@@ -671,8 +673,6 @@ class Soak:
                                                   if k["with_killed_author"]),
             "skips": skips,
             "all_synced": all(s["synced"] for s in syncs.values()),
-            "boards_at_sync": getattr(self, "digests_at_sync", None),
-            "agreed_after_s": getattr(self, "agreed_after", None),
             "sync_failures": {f"h{h}": s["why"] for h, s in syncs.items() if not s["synced"]},
             "sync_seconds": round(sync_time, 1),
             "totals": totals,
@@ -687,7 +687,7 @@ class Soak:
                                  p.ended_at - (p.last_stats_at - self.t0), 1),
                                  "stats": p.last_stats["stats"],
                                  "skips": p.last_stats.get("skips", [])}
-                             for p in self.all if p.ended == "killed" and p.last_stats},
+                             for p in killed},
             "authors_of_live_skips": refusals,
             # Our own files and snapshots must always load: either is a bug, never the
             # network's doing (every peer here is honest).
@@ -794,6 +794,16 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
+def _agreement(r: dict) -> str:
+    """How many boards there were when all were synced, if more than one, and when
+    anti-entropy made them one."""
+    n, after = r.get("boards_at_sync") or 1, r.get("agreed_after_s")
+    if n == 1:
+        return ""
+    return f"; {n} when all were synced" + (
+        f", the same {after} s later by anti-entropy" if after is not None else "")
+
+
 def render(res: dict) -> str:
     """The Markdown block written into docs/RELIABILITY.md."""
     r, mem = res["result"], res["memory"]
@@ -809,13 +819,8 @@ def render(res: dict) -> str:
         f"seed {res['seed']}, autosave {'on' if res['autosave'] else 'not available yet'}",
         "",
         f"**Divergent pixels: {r['divergent_pixels']}** ({r['distinct_boards']} distinct "
-        f"board(s) among {len(r['divergent_per_peer'])} peers"
-        + (f"; {r['boards_at_sync']} when all were synced, the same "
-           f"{r['agreed_after_s']} s later by anti-entropy"
-           if (r.get("boards_at_sync") or 1) > 1 and r.get("agreed_after_s") is not None
-           else f"; {r['boards_at_sync']} when all were synced"
-           if (r.get("boards_at_sync") or 1) > 1 else "")
-        + f"), **unrecovered gaps: "
+        f"board(s) among {len(r['divergent_per_peer'])} peers{_agreement(r)}), "
+        f"**unrecovered gaps: "
         f"{r['unrecovered_gaps']}** ({r.get('unrecovered_with_killed_author', 0)} of them lost "
         f"with a killed author: never held by any live peer), all synced: {r['all_synced']} "
         f"({r['sync_seconds']} s after drawing stopped), snapshots refused: "

@@ -321,7 +321,9 @@ def test_caught_up_on_a_stream_the_edge_pauses_reading():
         assert ed.pauses == 1 and not ed._watching and calls == [("remove", -1)]
         wait = ed._paused.when() - loop.time()
         assert 0 < wait <= min(edge_mod.COALESCE_MAX, edge_mod.COALESCE_BATCH / ed.rate) + 1e-3
-        await asyncio.sleep(wait + 0.01)
+        end = loop.time() + 5.0
+        while not ed._watching and loop.time() < end:  # until the pause's timer has run
+            await asyncio.sleep(0)
         assert ed._watching and calls[-1] == ("add", -1)
         ed.close()
 
