@@ -65,6 +65,7 @@ from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
+import xxhash
 
 from . import fec, loss, seal, store, wire
 from .board import Board
@@ -158,10 +159,16 @@ class Stats:
     sessions_sent: int = 0
     snapshots_sent: int = 0
     snapshot_chunks_sent: int = 0
-    snapshot_chunks_resent: int = 0  # ... of which asked for again (SNAP_NACK)
+    snapshot_chunks_resent: int = 0  # ... of which queued again for a SNAP_NACK
     snapshots_built: int = 0  # snapshots made afresh (the others offered were made before)
     snap_requests_sent: int = 0  # SNAP_REQ: joining, a gap given up on, anti-entropy
     gap_fetches: int = 0  # snapshot fetches begun for gaps that NACKs did not fill
+    snap_offers_to_anyone: int = 0  # offers answering a request not aimed at one peer
+    snap_offers_repeated: int = 0  # offers for a request this peer had offered before
+    snap_offers_crossed: int = 0  # another peer's offer seen for a request we offered
+    snap_offers_declined: int = 0  # offers to us we did not take (another came first)
+    snapshot_chunks_withdrawn: int = 0  # queued chunks dropped: their fetchers withdrew
+    snapshot_builds_skipped: int = 0  # snapshots claimed, not built: every joiner withdrew
     snapshots_received: int = 0
     unrecoverable: int = 0
     ignored_own: int = 0
@@ -277,6 +284,20 @@ class _SnapServe:
     built: float
     last_used: float
     queued: int = 0  # its chunks waiting in the pacer's bulk queue
+    #: the fetchers it was offered to (or that NACKed its chunks) and did not withdraw
+    fetchers: set[int] = field(default_factory=set)
+
+
+@dataclass
+class _PendingBuild:
+    """A snapshot offered (SNAP_META without length: a claim) and built at the next
+    timer, once the claim is out: building takes 0.05-0.5 s, and a claim sent only after
+    it let every other server's turn come and go."""
+
+    snap_id: int
+    due: float
+    #: (joiner, request) it was offered for, in order, until they withdraw
+    requests: dict[tuple[int, int], None] = field(default_factory=dict)
 
 
 class _Buckets:
@@ -433,6 +454,10 @@ class Engine:
         self._snap_answers: dict[tuple[int, int], float] = {}  # (joiner, req) -> due
         #: (joiner, req) -> when we saw another peer offer it a snapshot (SNAP_META)
         self._snap_offered: dict[tuple[int, int], float] = {}
+        #: (joiner, req) -> (when, snap_id) of our offers, for SNAP_OFFERED_KEEP
+        self._my_offers: dict[tuple[int, int], tuple[float, int]] = {}
+        self._anyone: set[tuple[int, int]] = set()  # answers due to requests to anyone
+        self._pending: _PendingBuild | None = None  # a snapshot claimed, to build next
         # defences against hostile or broken peers
         t = self.timers
         self._bound: dict[int, list] = {}  # peer id -> [address, last heard from it]
@@ -505,6 +530,7 @@ class Engine:
                             self._send_proactive(wire.fec_block(self._sent_seq))
                 elif q is self._bulk:
                     self._rate_sent += 1  # snapshot chunks: their loss counts too
+                    self.stats.snapshot_chunks_sent += 1
                     sv = self._serve.get(int.from_bytes(
                         d[wire.HEADER.size + 4:wire.HEADER.size + 8], "big"))
                     if sv is not None:
@@ -702,10 +728,14 @@ class Engine:
             cands.append(min(self._holder_repairs.values()))
         if self._snap_answers:
             cands.append(min(self._snap_answers.values()))
+        if self._pending is not None:
+            cands.append(self._pending.due)
         f = self._fetch
         if f is not None:
             if f.snap_id == 0:
                 cands.append(f.asked_at + self.timers.join_retry)
+            elif f.total == 0:  # claimed: the offer follows once its server has built it
+                cands.append(f.last_chunk + self.timers.snap_give_up)
             else:
                 cands.append(max(f.last_chunk, f.asked_at) + self.timers.snap_idle)
         q = self._repairs if self.blocked else (self._repairs or self._data or self._bulk)
@@ -1828,21 +1858,73 @@ class Engine:
             # would then be cancelled by the first one seen).
             late = (0.0 if self.missing_count() == 0 and not self.backlog
                     else 0.05 + 4 * self._d)
-            self._snap_answers[(h.sender, r.req_id)] = now + late + self.rng.uniform(
-                0, max(self.timers.snap_answer_max, 2 * self._d))
+            window = max(self.timers.snap_answer_max, 2 * self._d)
+            if r.target == 0:
+                # A request to anyone: the synced peers answer in an order every one of
+                # them derives alike from the request, a slot apart, so the first offer
+                # is seen before the next peer's turn even on loaded hosts (with random
+                # delays within 8 ms, several answered each such request of the soak).
+                self._anyone.add((h.sender, r.req_id))
+                slot = max(window, SNAP_ANSWER_SLOT)
+                delay = (self._answer_rank(h.sender, r.req_id) * slot
+                         + self.rng.uniform(0, window / 4))
+            else:
+                delay = self.rng.uniform(0, window)
+            self._snap_answers[(h.sender, r.req_id)] = now + late + delay
+
+    def _answer_rank(self, joiner: int, req_id: int) -> int:
+        """Our turn among the synced peers we know to answer ``joiner``'s request to
+        anyone (0: first): by a hash of each peer's id and the request."""
+        def turn(pid: int) -> int:
+            return xxhash.xxh64_intdigest(_RANK.pack(pid, req_id))
+
+        mine = turn(self.id)
+        return sum(1 for p in self._peers.values()
+                   if p.alive and not p.joining and p.id != joiner and turn(p.id) < mine)
 
     def _on_snap_meta(self, h, body, data, now) -> None:
         m = wire.decode_snap_meta(body)
         self._touch(h, now)
         self._snap_answers.pop((m.target, m.req_id), None)  # someone else answers it
+        mine = self._my_offers.get((m.target, m.req_id))
+        if mine is not None and h.sender != self.id:
+            # Our offer crossed another server's. The joiner takes the first it reads,
+            # which on a LAN is the one sent first: if that was the other's (it arrived
+            # here, by its kernel stamp, less than a one-way delay after ours left), our
+            # chunks still queued are dropped now, without waiting for the joiner to
+            # withdraw. If we guessed wrong, the joiner NACKs the chunks it misses.
+            self.stats.snap_offers_crossed += 1
+            sent, snap_id = mine
+            if (now - self._d / 2, h.sender) < (sent, self.id):
+                p = self._pending
+                if p is not None and p.snap_id == snap_id:
+                    p.requests.pop((m.target, m.req_id), None)  # not built for it
+                elif (sv := self._serve.get(snap_id)) is not None:
+                    self._withdraw(sv, m.target)
         if len(self._snap_offered) < 1024:
             self._snap_offered[(m.target, m.req_id)] = now
         f = self._fetch
-        if f is None or m.target != self.id or m.req_id != f.req_id or f.snap_id:
+        if m.target != self.id:
+            return
+        if (f is not None and f.snap_id and f.total == 0 and m.total_len
+                and (h.sender, m.snap_id) == (f.server, f.snap_id)):
+            # the offer claimed earlier, now built
+            f.total, f.chunk_size, f.have = m.total_len, m.chunk_size, bytearray(m.chunks)
+            f.last_chunk = now
+            return
+        if f is None or m.req_id != f.req_id or f.snap_id:
+            if f is None or (h.sender, m.snap_id) != (f.server, f.snap_id):
+                # An offer we will not take: another server's came first, or the fetch
+                # it answers is over. Withdraw, so that its server drops the chunks it
+                # queued (in the soak, 93% of offers answered requests to anyone and
+                # several servers answered each: three snapshots multicast per fetch).
+                self.stats.snap_offers_declined += 1
+                self._control.append(wire.encode_snap_nack(
+                    self.id, self._sent_seq, self.size, wire.SnapNack(h.sender, m.snap_id, ())))
             return
         f.server, f.snap_id, f.total, f.chunk_size = h.sender, m.snap_id, m.total_len, m.chunk_size
         f.have = bytearray(m.chunks)  # one byte per chunk: at most 512 KiB (wire limits)
-        f.last_chunk = now
+        f.last_chunk = now  # (a claim, total 0: the offer follows; see _fetch_timer)
 
     def _on_snap_chunk(self, h, body, data, now) -> None:
         c = wire.decode_snap_chunk(body)
@@ -1986,6 +2068,16 @@ class Engine:
                 return
             self._send_snap_req(now)
             return
+        if f.total == 0:
+            # Claimed, not offered yet: its server is building the snapshot. One that
+            # never offers it (gone, or its offer lost) is given up after snap_give_up.
+            server = self._peers.get(f.server)
+            if ((server is not None and not server.alive)
+                    or self._heard_until(now) - f.last_chunk > t.snap_give_up):
+                self._fetch = None
+                self._start_fetch(now)
+                self._fetch.started = f.started
+            return
         if now < max(f.last_chunk, f.asked_at) + t.snap_idle:
             return
         heard = self._heard_until(now)
@@ -2015,10 +2107,20 @@ class Engine:
         self._touch(h, now)
         if n.server != self.id:
             return
+        p = self._pending
+        if p is not None and n.snap_id == p.snap_id:
+            if not n.ranges:  # withdrawn before it was built
+                for k in [k for k in p.requests if k[0] == h.sender]:
+                    del p.requests[k]
+            return
         sv = self._serve.get(n.snap_id)
         if sv is None:
             self.stats.snap_nacks_unknown += 1  # served long ago, or never
             return
+        if not n.ranges:
+            self._withdraw(sv, h.sender)
+            return
+        sv.fetchers.add(h.sender)
         sv.last_used = now
         size = self._chunk_size
         nchunks = -(-len(sv.blob) // size)
@@ -2037,13 +2139,32 @@ class Engine:
             # in the 10-minute soak, and with it the joiner's repairs.
             self._rate_nacked[h.sender] = self._rate_nacked.get(h.sender, 0) + resent
 
+    def _withdraw(self, sv: _SnapServe, fetcher: int) -> None:
+        """``fetcher`` takes another snapshot: drop the chunks queued for it alone, and
+        all of this snapshot's once no fetcher is left. (Once per fetcher: a stream of
+        withdrawals costs a set lookup each, not a pass over the queue.)"""
+        if fetcher not in sv.fetchers:
+            return
+        sv.fetchers.discard(fetcher)
+        if not sv.queued:
+            return
+        h = wire.HEADER.size
+        snap = sv.snap_id.to_bytes(4, "big")
+        mine = fetcher.to_bytes(4, "big")
+        everyone = not sv.fetchers
+        keep = deque(d for d in self._bulk
+                     if d[h + 4:h + 8] != snap or not (everyone or d[h:h + 4] == mine))
+        dropped = len(self._bulk) - len(keep)
+        self._bulk = keep
+        sv.queued -= dropped
+        self.stats.snapshot_chunks_withdrawn += dropped
+
     def _queue_chunk(self, sv: _SnapServe, i: int, target: int) -> None:
         size = self._chunk_size
         self._bulk.append(wire.encode_snap_chunk(
             self.id, self._sent_seq, self.size,
             wire.SnapChunk(target, sv.snap_id, i, sv.blob[i * size:(i + 1) * size])))
         sv.queued += 1
-        self.stats.snapshot_chunks_sent += 1
 
     def _answer_snap(self, joiner: int, req_id: int, now: float) -> None:
         """Offer a snapshot: the newest one again while it is young or its chunks are still
@@ -2051,32 +2172,56 @@ class Engine:
         chunks (and the NACKed resends): in the 10-minute soak, fetchers that timed out
         behind a long queue asked again, each request queued a fresh snapshot, and three
         servers ended with 56,000-58,000 chunks queued and 25 snapshots kept."""
+        if (joiner, req_id) in self._my_offers:
+            self.stats.snap_offers_repeated += 1
+        self.stats.snapshots_sent += 1
         sv = max(self._serve.values(), key=lambda s: s.built, default=None)
         if sv is not None and (now - sv.built <= self.timers.snap_reuse or sv.queued > 0):
-            fresh = False
-        else:
-            sources = {sid: (s.contiguous, s.settled) for sid, s in self._sources.items()
-                       if s.anchored}
-            self._flush(now)
-            sources[self.id] = (self.seq, self._my_source.settled)
-            blob = store.dump(self.board, sources)
-            while len(self._serve) >= MAX_SNAPSHOTS_KEPT:
-                del self._serve[min(self._serve.values(), key=lambda s: s.last_used).snap_id]
-            sv = _SnapServe(self.rng.randrange(1, 1 << 32), blob, now, now)
-            self._serve[sv.snap_id] = sv
-            fresh = True
-            self.stats.snapshots_built += 1
+            # A reused snapshot is in flight or done: the joiner takes the chunks still to
+            # come and NACKs the ones it lacks.
+            self._offer(sv, joiner, req_id, now)
+            return
+        # A fresh one: claimed now (an offer without length), built at the next timer.
+        p = self._pending
+        if p is None:
+            p = self._pending = _PendingBuild(self.rng.randrange(1, 1 << 32), now)
+        p.requests[(joiner, req_id)] = None
+        if len(self._my_offers) < 1024:
+            self._my_offers[(joiner, req_id)] = (now, p.snap_id)
+        self._control.append(wire.encode_snap_meta(
+            self.id, self._sent_seq, self.size,
+            wire.SnapMeta(joiner, req_id, p.snap_id, 0, self._chunk_size)))
+
+    def _offer(self, sv: _SnapServe, joiner: int, req_id: int, now: float) -> None:
         sv.last_used = now
-        self.stats.snapshots_sent += 1
+        sv.fetchers.add(joiner)
+        if len(self._my_offers) < 1024:
+            self._my_offers[(joiner, req_id)] = (now, sv.snap_id)
         self._control.append(wire.encode_snap_meta(
             self.id, self._sent_seq, self.size,
             wire.SnapMeta(joiner, req_id, sv.snap_id, len(sv.blob), self._chunk_size)))
-        nchunks = -(-len(sv.blob) // self._chunk_size)
-        if fresh:
-            for i in range(nchunks):
-                self._queue_chunk(sv, i, 0)
-        # A reused snapshot is in flight or done: the joiner takes the chunks still to come
-        # and NACKs the ones it lacks.
+
+    def _build(self, now: float) -> None:
+        """Build the snapshot claimed at an earlier timer, offer it to every joiner that
+        did not withdraw meanwhile, and queue its chunks; nothing if none is left."""
+        p, self._pending = self._pending, None
+        if not p.requests:
+            self.stats.snapshot_builds_skipped += 1
+            return
+        sources = {sid: (s.contiguous, s.settled) for sid, s in self._sources.items()
+                   if s.anchored}
+        self._flush(now)
+        sources[self.id] = (self.seq, self._my_source.settled)
+        blob = store.dump(self.board, sources)
+        while len(self._serve) >= MAX_SNAPSHOTS_KEPT:
+            del self._serve[min(self._serve.values(), key=lambda s: s.last_used).snap_id]
+        sv = _SnapServe(p.snap_id, blob, now, now)
+        self._serve[sv.snap_id] = sv
+        self.stats.snapshots_built += 1
+        for joiner, req_id in p.requests:
+            self._offer(sv, joiner, req_id, now)
+        for i in range(-(-len(blob) // self._chunk_size)):
+            self._queue_chunk(sv, i, 0)
 
     # ------------------------------------------------------------------ timers
 
@@ -2119,10 +2264,16 @@ class Engine:
                 cached = self._cache.get(key)
                 if cached is not None and self._holddown.get(key, -1.0) <= now:
                     self._send_repair(key, cached, now)
+        build = self._pending  # claimed at an earlier timer: the claim is out
         for (joiner, req_id), due in list(self._snap_answers.items()):
             if now >= due:
                 del self._snap_answers[(joiner, req_id)]
+                if (joiner, req_id) in self._anyone:
+                    self._anyone.discard((joiner, req_id))
+                    self.stats.snap_offers_to_anyone += 1
                 self._answer_snap(joiner, req_id, now)
+        if build is not None and build is self._pending:
+            self._build(now)
         if self._fetch is not None:
             self._fetch_timer(now)
 
@@ -2318,6 +2469,9 @@ class Engine:
             del self._ae_asked[pid]
         for k in [k for k, t in self._snap_offered.items() if now - t > SNAP_OFFERED_KEEP]:
             del self._snap_offered[k]
+        for k in [k for k, (t, _) in self._my_offers.items() if now - t > SNAP_OFFERED_KEEP]:
+            del self._my_offers[k]
+        self._anyone &= set(self._snap_answers)
         for sid in [sid for sid, sv in self._serve.items()
                     if now - sv.last_used > self.timers.snap_keep]:
             del self._serve[sid]
@@ -2359,6 +2513,9 @@ MAX_GIVE_UPS = 12
 SILENCE_RECHECK = 0.5
 #: seconds a snapshot request answered by another peer is left to it (its retries too)
 SNAP_OFFERED_KEEP = 1.0
+#: seconds between the turns of peers answering a snapshot request to anyone (at least)
+SNAP_ANSWER_SLOT = 0.025
+_RANK = struct.Struct("!II")
 #: message types handled before the receive queue (Engine.urgent), besides repairs
 _URGENT = frozenset((wire.MsgType.NACK, wire.MsgType.SNAP_REQ, wire.MsgType.SNAP_META))
 #: A SESSION count further on than this from the last one heard is a restart of the

@@ -43,7 +43,9 @@ MAGIC = b"PB"
 #: 5: SESSION carries its own count and the loss its sender measured (proactive parity).
 #: 6: image pieces are Zstandard frames (IMG_SUB_ZSTD, IMG_RGB_SUB_ZSTD), not zlib.
 #: 7: the board digest is XXH3-128, not BLAKE2b.
-VERSION = 7
+#: 8: a SNAP_META without length claims a request (the offer follows once the snapshot
+#:    is built); a SNAP_NACK without ranges withdraws from a snapshot offered.
+VERSION = 8
 #: Largest UDP payload we send or accept: survives VPNs, tunnels and Wi-Fi unfragmented.
 MAX_DATAGRAM = 1200
 
@@ -272,6 +274,8 @@ class SnapChunk:
 class SnapNack:
     server: int
     snap_id: int
+    #: missing chunks (first, count), 1-based; none: the fetcher withdraws, it takes
+    #: another server's snapshot
     ranges: tuple[tuple[int, int], ...]
 
 
@@ -771,8 +775,9 @@ def _encode_ranges(ranges) -> bytes:
     return b"".join(RANGE.pack(first, count) for first, count in ranges)
 
 
-def _decode_ranges(body: bytes, pos: int, n: int) -> tuple[tuple[int, int], ...]:
-    if n == 0 or n > MAX_NACK_RANGES or len(body) != pos + n * RANGE.size:
+def _decode_ranges(body: bytes, pos: int, n: int,
+                   empty: bool = False) -> tuple[tuple[int, int], ...]:
+    if (n == 0 and not empty) or n > MAX_NACK_RANGES or len(body) != pos + n * RANGE.size:
         raise DecodeError(f"{n} ranges in {len(body) - pos} bytes")
     out = []
     for i in range(n):
@@ -847,7 +852,8 @@ def decode_snap_meta(body) -> SnapMeta:
     if len(body) != SNAP_META.size:
         raise DecodeError(f"snapshot offer of {len(body)} bytes")
     m = SnapMeta(*SNAP_META.unpack_from(body))
-    if not 0 < m.total_len <= MAX_SNAPSHOT or not MIN_SNAP_CHUNK <= m.chunk_size <= SNAP_CHUNK_SIZE:
+    # total_len 0: a claim, the offer of this snapshot follows once it is built
+    if not 0 <= m.total_len <= MAX_SNAPSHOT or not MIN_SNAP_CHUNK <= m.chunk_size <= SNAP_CHUNK_SIZE:
         raise DecodeError(f"snapshot of {m.total_len} bytes in chunks of {m.chunk_size}")
     return m
 
@@ -875,7 +881,8 @@ def decode_snap_nack(body) -> SnapNack:
     if len(body) < SNAP_NACK_HEAD.size:
         raise DecodeError("snapshot NACK truncated")
     server, snap_id, n = SNAP_NACK_HEAD.unpack_from(body)
-    return SnapNack(server, snap_id, _decode_ranges(body, SNAP_NACK_HEAD.size, n))
+    # no ranges: the fetcher withdraws (it takes another server's snapshot)
+    return SnapNack(server, snap_id, _decode_ranges(body, SNAP_NACK_HEAD.size, n, empty=True))
 
 
 def encode_cursor(sender, seq, size, c: Cursor) -> bytes:

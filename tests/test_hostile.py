@@ -344,3 +344,73 @@ def test_an_insiders_two_operations_with_one_stamp_end_the_same_on_every_board()
     assert tuple(px[3 * W]) == (255, 0, 0, 255) and tuple(px[4 * W]) == (0, 0, 255, 255)
     for p in (a, b):
         assert p.engine.stats.divergences == 0 and p.engine.stats.snapshots_sent == 0
+
+
+def test_a_withdrawal_drops_only_chunks_nobody_else_waits_for():
+    """A SNAP_NACK without ranges withdraws its sender from a snapshot offered to it. The
+    server drops the chunks queued for that fetcher alone, and the rest only once no
+    fetcher is left: a forged withdrawal in one joiner's name cannot starve another.
+    One for a snapshot the server does not have is counted and ignored."""
+    net = SimNet(29, size=(320, 240))
+    a = net.add_peer(rate=300_000)  # slow pacing: the chunks wait in the queue
+    net.run_for(1.0)
+    img = np.random.default_rng(4).integers(0, 256, (240, 320, 4), dtype=np.uint8)
+    net.act(a, lambda e, now: e.paste(img, 0, 0, now))
+    net.settle(limit=60)
+    e = a.engine
+    size = (320, 240)
+    for joiner in (0x1001, 0x1002):
+        e.receive_datagram(wire.encode_snap_req(joiner, 0, size, wire.SnapReq(joiner, 0)),
+                           None, net.now)
+    net.act(a, lambda e, now: None)
+    net.run_for(0.05)  # both answered: one snapshot, offered twice
+    assert e.stats.snapshots_sent == 2 and e.stats.snapshots_built == 1
+    (sv,) = e._serve.values()
+    queued = len(e._bulk)
+    assert queued > 50 and sv.queued == queued
+
+    def withdraw(joiner, snap_id):
+        e.receive_datagram(wire.encode_snap_nack(joiner, 0, size,
+                                                 wire.SnapNack(a.engine.id, snap_id, ())),
+                           None, net.now)
+
+    withdraw(0x1001, sv.snap_id)
+    assert len(e._bulk) == queued and e.stats.snapshot_chunks_withdrawn == 0
+    withdraw(0x1002, 0xDEAD)
+    assert e.stats.snap_nacks_unknown == 1 and len(e._bulk) == queued
+    withdraw(0x1002, sv.snap_id)
+    assert len(e._bulk) == 0 and sv.queued == 0
+    assert e.stats.snapshot_chunks_withdrawn == queued
+    # the snapshot is kept: a fetcher that changes its mind NACKs what it lacks
+    e.receive_datagram(wire.encode_snap_nack(0x1002, 0, size,
+                                             wire.SnapNack(e.id, sv.snap_id, ((1, 3),))),
+                       None, net.now)
+    assert len(e._bulk) == 3
+
+
+def test_a_server_whose_offer_went_out_second_drops_its_chunks():
+    """Two servers offered one request: the one that reads an offer sent before its own
+    (by the arrival stamp, less half the round trip) drops its queued chunks without
+    waiting for the joiner's withdrawal; the one that reads a later offer keeps them."""
+    size = (320, 240)
+    for earlier, dropped in ((True, True), (False, False)):
+        net = SimNet(30, size=size)
+        a = net.add_peer(rate=300_000)  # slow pacing: the chunks wait in the queue
+        net.run_for(1.0)
+        img = np.random.default_rng(5).integers(0, 256, (240, 320, 4), dtype=np.uint8)
+        net.act(a, lambda e, now: e.paste(img, 0, 0, now))
+        net.settle(limit=60)
+        e = a.engine
+        e.receive_datagram(wire.encode_snap_req(0x1001, 0, size, wire.SnapReq(77, 0)),
+                           None, net.now)
+        net.act(a, lambda e, now: None)
+        net.run_for(0.05)
+        sent, _ = e._my_offers[(0x1001, 77)]
+        queued = len(e._bulk)
+        assert queued > 50
+        other = wire.SnapMeta(0x1001, 77, 0xABC, 1000, wire.SNAP_CHUNK_SIZE)
+        at = sent - 0.001 if earlier else sent + 0.001
+        e.receive_datagram(wire.encode_snap_meta(0x2002, 0, size, other), None, at)
+        assert e.stats.snap_offers_crossed == 1
+        assert len(e._bulk) == (0 if dropped else queued)
+        assert e.stats.snapshot_chunks_withdrawn == (queued if dropped else 0)

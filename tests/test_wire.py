@@ -146,6 +146,10 @@ def test_control_messages_round_trip():
     assert wire.decode_snap_chunk(wire.encode_snap_chunk(ME, 1, SIZE, c)[wire.HEADER.size:]) == c
     sn = wire.SnapNack(9, 7, ((1, 5),))
     assert wire.decode_snap_nack(wire.encode_snap_nack(ME, 1, SIZE, sn)[wire.HEADER.size:]) == sn
+    out = wire.SnapNack(9, 7, ())  # no ranges: the fetcher withdraws (protocol 8)
+    assert wire.decode_snap_nack(wire.encode_snap_nack(ME, 1, SIZE, out)[wire.HEADER.size:]) == out
+    with pytest.raises(wire.DecodeError):  # a NACK without ranges still means nothing
+        wire.decode_nack(wire.encode_nack(ME, 1, SIZE, wire.Nack(5, 2, ()))[wire.HEADER.size:])
     cur = wire.Cursor(5, 6, False)
     assert wire.decode_cursor(wire.encode_cursor(ME, 1, SIZE, cur)[wire.HEADER.size:], W, H) == cur
 
