@@ -735,7 +735,8 @@ class Engine:
             if f.snap_id == 0:
                 cands.append(f.asked_at + self.timers.join_retry)
             elif f.total == 0:  # claimed: the offer follows once its server has built it
-                cands.append(f.last_chunk + self.timers.snap_give_up)
+                cands.append(max(f.last_chunk + self.timers.snap_give_up,
+                                 f.asked_at + self.timers.snap_idle))
             else:
                 cands.append(max(f.last_chunk, f.asked_at) + self.timers.snap_idle)
         q = self._repairs if self.blocked else (self._repairs or self._data or self._bulk)
@@ -2073,10 +2074,12 @@ class Engine:
             # never offers it (gone, or its offer lost) is given up after snap_give_up.
             server = self._peers.get(f.server)
             if ((server is not None and not server.alive)
-                    or self._heard_until(now) - f.last_chunk > t.snap_give_up):
+                    or self._heard_until(now) - f.last_chunk >= t.snap_give_up):
                 self._fetch = None
                 self._start_fetch(now)
                 self._fetch.started = f.started
+            else:
+                f.asked_at = now  # what came meanwhile may wait in our queue: look again
             return
         if now < max(f.last_chunk, f.asked_at) + t.snap_idle:
             return

@@ -414,3 +414,30 @@ def test_a_server_whose_offer_went_out_second_drops_its_chunks():
         assert e.stats.snap_offers_crossed == 1
         assert len(e._bulk) == (0 if dropped else queued)
         assert e.stats.snapshot_chunks_withdrawn == (queued if dropped else 0)
+
+
+def test_a_claim_withdrawn_before_the_build_builds_nothing():
+    """A server claims a request (SNAP_META without length) and builds at its next timer;
+    a joiner that withdraws in between (it took another server's claim) costs it no build
+    and no chunk."""
+    size = (320, 240)
+    net = SimNet(31, size=size)
+    a = net.add_peer()
+    net.run_for(1.0)
+    img = np.random.default_rng(6).integers(0, 256, (240, 320, 4), dtype=np.uint8)
+    net.act(a, lambda e, now: e.paste(img, 0, 0, now))
+    net.settle(limit=60)
+    e = a.engine
+    e.datagrams_to_send(net.now)
+    t = net.now
+    e.receive_datagram(wire.encode_snap_req(0x1001, 0, size, wire.SnapReq(78, 0)), None, t)
+    e.handle_timer(t + 0.05)  # its turn: the claim
+    claims = [wire.decode_snap_meta(d[wire.HEADER.size:]) for d in e.datagrams_to_send(t + 0.05)
+              if wire.decode_header(d).type == wire.MsgType.SNAP_META]
+    assert [c.total_len for c in claims] == [0] and e._pending is not None
+    e.receive_datagram(wire.encode_snap_nack(0x1001, 0, size,
+                                             wire.SnapNack(e.id, claims[0].snap_id, ())),
+                       None, t + 0.051)
+    e.handle_timer(t + 0.052)
+    assert e._pending is None and e.stats.snapshot_builds_skipped == 1
+    assert e.stats.snapshots_built == 0 and not e._bulk

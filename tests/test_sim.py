@@ -1127,3 +1127,33 @@ def test_servers_whose_offers_crossed_stop_sending_the_snapshot_not_taken(seed):
     assert withdrawn > 0 and chunks + withdrawn == offers * size, (offers, chunks, size)
     assert j.engine.stats.snapshots_received == 1
     assert j.engine.board.digest() == peers[0].engine.board.digest()
+
+
+def test_a_joiner_whose_claimed_snapshot_never_comes_asks_again():
+    """The server that claimed the request goes silent before its offer (here: nothing it
+    sends arrives any more, and it is not yet timed out): the joiner gives the claim up
+    after snap_give_up and gets the board from another server."""
+    net = SimNet(9, size=(320, 240))
+    peers = start(net, 4)
+    net.act(peers[0], lambda e, now: e.paste(_noise(320, 240, 9), 0, 0, now))
+    net.settle(limit=60)
+    j = net.add_peer()
+    mute = []
+
+    def keep(src, dst, d):
+        h = wire.decode_header(d)
+        if (not mute and h.type == wire.MsgType.SNAP_META
+                and wire.decode_snap_meta(d[wire.HEADER.size:]).total_len > 0):
+            mute.append(src)  # its claim got through; from its offer on, nothing does
+        return src not in mute
+
+    net.filter = keep
+    t0 = net.now
+    while j.engine.joining and net.now < t0 + 20:
+        net.run_for(0.05)
+    assert mute and not j.engine.joining
+    assert net.now - t0 > j.engine.timers.snap_give_up
+    assert j.engine.stats.snapshots_received == 1
+    net.filter = None
+    net.settle(limit=60)
+    assert j.engine.board.digest() == peers[0].engine.board.digest()
