@@ -1889,11 +1889,12 @@ class Engine:
         self._snap_answers.pop((m.target, m.req_id), None)  # someone else answers it
         mine = self._my_offers.get((m.target, m.req_id))
         if mine is not None and h.sender != self.id:
-            # Our offer crossed another server's. The joiner takes the first it reads,
-            # which on a LAN is the one sent first: if that was the other's (it arrived
-            # here, by its kernel stamp, less than a one-way delay after ours left), our
-            # chunks still queued are dropped now, without waiting for the joiner to
-            # withdraw. If we guessed wrong, the joiner NACKs the chunks it misses.
+            # Our claim or offer crossed another server's. The joiner takes the first it
+            # reads, which on a LAN is the one sent first: if that was the other's (it
+            # arrived here, by its kernel stamp, less than a one-way delay after ours
+            # left), the snapshot is not built for this request, or its chunks still
+            # queued are dropped, now, without waiting for the joiner to withdraw. If we
+            # guessed wrong, the joiner NACKs the chunks it misses.
             self.stats.snap_offers_crossed += 1
             sent, snap_id = mine
             if (now - self._d / 2, h.sender) < (sent, self.id):
