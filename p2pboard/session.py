@@ -339,6 +339,7 @@ class _SnapFetch:
     have: bytearray = field(default_factory=bytearray)  # have[i]: chunk i arrived
     last_chunk: float = 0.0
     nacks: int = 0
+    recheck: float = 0.0  # claimed: the fetch timer looks again no sooner than this
 
 
 class Engine:
@@ -735,8 +736,8 @@ class Engine:
             if f.snap_id == 0:
                 cands.append(f.asked_at + self.timers.join_retry)
             elif f.total == 0:  # claimed: the offer follows once its server has built it
-                cands.append(max(f.last_chunk + self.timers.snap_give_up,
-                                 f.asked_at + self.timers.snap_idle))
+                cands.append(max(min(f.last_chunk + self.timers.snap_give_up,
+                                     f.asked_at + self.timers.join_retry), f.recheck))
             else:
                 cands.append(max(f.last_chunk, f.asked_at) + self.timers.snap_idle)
         q = self._repairs if self.blocked else (self._repairs or self._data or self._bulk)
@@ -1908,10 +1909,13 @@ class Engine:
         f = self._fetch
         if m.target != self.id:
             return
-        if (f is not None and f.snap_id and f.total == 0 and m.total_len
-                and (h.sender, m.snap_id) == (f.server, f.snap_id)):
-            # the offer claimed earlier, now built
-            f.total, f.chunk_size, f.have = m.total_len, m.chunk_size, bytearray(m.chunks)
+        if (f is not None and f.snap_id and f.total == 0 and h.sender == f.server
+                and m.req_id == f.req_id):
+            # The offer claimed earlier, now built (or the claimer's answer to our asking
+            # again: a claim or an offer of another snapshot, if ours was built and sent
+            # while its offer was lost).
+            f.snap_id, f.total, f.chunk_size = m.snap_id, m.total_len, m.chunk_size
+            f.have = bytearray(m.chunks)
             f.last_chunk = now
             return
         if f is None or m.req_id != f.req_id or f.snap_id:
@@ -2074,13 +2078,23 @@ class Engine:
             # Claimed, not offered yet: its server is building the snapshot. One that
             # never offers it (gone, or its offer lost) is given up after snap_give_up.
             server = self._peers.get(f.server)
+            heard = self._heard_until(now)
             if ((server is not None and not server.alive)
-                    or self._heard_until(now) - f.last_chunk >= t.snap_give_up):
+                    or heard - f.last_chunk >= t.snap_give_up):
                 self._fetch = None
                 self._start_fetch(now)
                 self._fetch.started = f.started
-            else:
-                f.asked_at = now  # what came meanwhile may wait in our queue: look again
+                return
+            if now - f.asked_at >= t.join_retry:
+                # Its offer may have been lost (5-20% loss in the soak): ask the claimer
+                # again, as a joiner asks until an offer comes; it offers the snapshot
+                # again once built, or claims it again while building.
+                f.asked_at = now
+                f.attempts += 1
+                self.stats.snap_requests_sent += 1
+                self._control.append(wire.encode_snap_req(
+                    self.id, self._sent_seq, self.size, wire.SnapReq(f.req_id, f.server)))
+            f.recheck = now + t.snap_idle  # (give-up time passed, but not by what we heard)
             return
         if now < max(f.last_chunk, f.asked_at) + t.snap_idle:
             return

@@ -1157,3 +1157,32 @@ def test_a_joiner_whose_claimed_snapshot_never_comes_asks_again():
     net.filter = None
     net.settle(limit=60)
     assert j.engine.board.digest() == peers[0].engine.board.digest()
+
+
+def test_a_joiner_whose_claimed_snapshot_offer_is_lost_asks_the_claimer_again():
+    """The claim arrives, the offer that follows is lost: the joiner asks the claimer
+    again every join_retry (as it asks until an offer comes) instead of waiting out
+    snap_give_up, and the claimer offers its snapshot again."""
+    net = SimNet(10, size=(320, 240))
+    peers = start(net, 4)
+    net.act(peers[0], lambda e, now: e.paste(_noise(320, 240, 10), 0, 0, now))
+    net.settle(limit=60)
+    j = net.add_peer()
+    lost = []
+
+    def keep(src, dst, d):
+        if (not lost and dst == j.index and wire.decode_header(d).type == wire.MsgType.SNAP_META
+                and wire.decode_snap_meta(d[wire.HEADER.size:]).total_len > 0):
+            lost.append(src)  # the first offer (after its claim) never reaches the joiner
+            return False
+        return True
+
+    net.filter = keep
+    t0 = net.now
+    while j.engine.joining and net.now < t0 + 20:
+        net.run_for(0.05)
+    assert lost and not j.engine.joining
+    assert net.now - t0 < j.engine.timers.snap_give_up
+    assert j.engine.stats.snapshots_received == 1
+    net.settle(limit=60)
+    assert j.engine.board.digest() == peers[0].engine.board.digest()
