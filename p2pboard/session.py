@@ -2186,10 +2186,11 @@ class Engine:
 
     def _answer_snap(self, joiner: int, req_id: int, now: float) -> None:
         """Offer a snapshot: the newest one again while it is young or its chunks are still
-        queued, else a fresh one. So the bulk queue never holds more than one snapshot's
-        chunks (and the NACKed resends): in the 10-minute soak, fetchers that timed out
-        behind a long queue asked again, each request queued a fresh snapshot, and three
-        servers ended with 56,000-58,000 chunks queued and 25 snapshots kept."""
+        queued, else claim the request for a fresh one, built at the next timer
+        (:meth:`_build`). So the bulk queue never holds more than one snapshot's chunks
+        (and the NACKed resends): in the 10-minute soak, fetchers that timed out behind a
+        long queue asked again, each request queued a fresh snapshot, and three servers
+        ended with 56,000-58,000 chunks queued and 25 snapshots kept."""
         if (joiner, req_id) in self._my_offers:
             self.stats.snap_offers_repeated += 1
         self.stats.snapshots_sent += 1
@@ -2204,20 +2205,22 @@ class Engine:
         if p is None:
             p = self._pending = _PendingBuild(self.rng.randrange(1, 1 << 32), now)
         p.requests[(joiner, req_id)] = None
-        if len(self._my_offers) < 1024:
-            self._my_offers[(joiner, req_id)] = (now, p.snap_id)
-        self._control.append(wire.encode_snap_meta(
-            self.id, self._sent_seq, self.size,
-            wire.SnapMeta(joiner, req_id, p.snap_id, 0, self._chunk_size)))
+        self._send_meta(joiner, req_id, p.snap_id, 0, now)
 
     def _offer(self, sv: _SnapServe, joiner: int, req_id: int, now: float) -> None:
         sv.last_used = now
         sv.fetchers.add(joiner)
+        self._send_meta(joiner, req_id, sv.snap_id, len(sv.blob), now)
+
+    def _send_meta(self, joiner: int, req_id: int, snap_id: int, length: int,
+                   now: float) -> None:
+        """SNAP_META: an offer of ``length`` bytes, or a claim (0); remembered, so that a
+        crossing offer of another server can be told earlier or later than ours."""
         if len(self._my_offers) < 1024:
-            self._my_offers[(joiner, req_id)] = (now, sv.snap_id)
+            self._my_offers[(joiner, req_id)] = (now, snap_id)
         self._control.append(wire.encode_snap_meta(
             self.id, self._sent_seq, self.size,
-            wire.SnapMeta(joiner, req_id, sv.snap_id, len(sv.blob), self._chunk_size)))
+            wire.SnapMeta(joiner, req_id, snap_id, length, self._chunk_size)))
 
     def _build(self, now: float) -> None:
         """Build the snapshot claimed at an earlier timer, offer it to every joiner that

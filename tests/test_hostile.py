@@ -346,22 +346,39 @@ def test_an_insiders_two_operations_with_one_stamp_end_the_same_on_every_board()
         assert p.engine.stats.divergences == 0 and p.engine.stats.snapshots_sent == 0
 
 
+SNAP_BOARD = (320, 240)
+
+
+def _alone_with_a_photo(seed: int, photo_seed: int, **config):
+    """One peer alone on a 320x240 board (its join over) that pasted a noise photo."""
+    net = SimNet(seed, size=SNAP_BOARD)
+    a = net.add_peer(**config)
+    net.run_for(1.0)
+    img = np.random.default_rng(photo_seed).integers(0, 256, (240, 320, 4), dtype=np.uint8)
+    net.act(a, lambda e, now: e.paste(img, 0, 0, now))
+    net.settle(limit=60)
+    return net, a
+
+
+def _snap_req(joiner: int, req_id: int) -> bytes:
+    """A snapshot request to anyone from ``joiner``."""
+    return wire.encode_snap_req(joiner, 0, SNAP_BOARD, wire.SnapReq(req_id, 0))
+
+
+def _withdrawal(joiner: int, server: int, snap_id: int) -> bytes:
+    """``joiner`` withdraws from ``server``'s snapshot: a SNAP_NACK without ranges."""
+    return wire.encode_snap_nack(joiner, 0, SNAP_BOARD, wire.SnapNack(server, snap_id, ()))
+
+
 def test_a_withdrawal_drops_only_chunks_nobody_else_waits_for():
     """A SNAP_NACK without ranges withdraws its sender from a snapshot offered to it. The
     server drops the chunks queued for that fetcher alone, and the rest only once no
     fetcher is left: a forged withdrawal in one joiner's name cannot starve another.
     One for a snapshot the server does not have is counted and ignored."""
-    net = SimNet(29, size=(320, 240))
-    a = net.add_peer(rate=300_000)  # slow pacing: the chunks wait in the queue
-    net.run_for(1.0)
-    img = np.random.default_rng(4).integers(0, 256, (240, 320, 4), dtype=np.uint8)
-    net.act(a, lambda e, now: e.paste(img, 0, 0, now))
-    net.settle(limit=60)
+    net, a = _alone_with_a_photo(29, 4, rate=300_000)  # slow pacing: chunks wait queued
     e = a.engine
-    size = (320, 240)
     for joiner in (0x1001, 0x1002):
-        e.receive_datagram(wire.encode_snap_req(joiner, 0, size, wire.SnapReq(joiner, 0)),
-                           None, net.now)
+        e.receive_datagram(_snap_req(joiner, joiner), None, net.now)
     net.act(a, lambda e, now: None)
     net.run_for(0.05)  # both answered: one snapshot, offered twice
     assert e.stats.snapshots_sent == 2 and e.stats.snapshots_built == 1
@@ -370,9 +387,7 @@ def test_a_withdrawal_drops_only_chunks_nobody_else_waits_for():
     assert queued > 50 and sv.queued == queued
 
     def withdraw(joiner, snap_id):
-        e.receive_datagram(wire.encode_snap_nack(joiner, 0, size,
-                                                 wire.SnapNack(a.engine.id, snap_id, ())),
-                           None, net.now)
+        e.receive_datagram(_withdrawal(joiner, e.id, snap_id), None, net.now)
 
     withdraw(0x1001, sv.snap_id)
     assert len(e._bulk) == queued and e.stats.snapshot_chunks_withdrawn == 0
@@ -382,7 +397,7 @@ def test_a_withdrawal_drops_only_chunks_nobody_else_waits_for():
     assert len(e._bulk) == 0 and sv.queued == 0
     assert e.stats.snapshot_chunks_withdrawn == queued
     # the snapshot is kept: a fetcher that changes its mind NACKs what it lacks
-    e.receive_datagram(wire.encode_snap_nack(0x1002, 0, size,
+    e.receive_datagram(wire.encode_snap_nack(0x1002, 0, SNAP_BOARD,
                                              wire.SnapNack(e.id, sv.snap_id, ((1, 3),))),
                        None, net.now)
     assert len(e._bulk) == 3
@@ -392,17 +407,10 @@ def test_a_server_whose_offer_went_out_second_drops_its_chunks():
     """Two servers offered one request: the one that reads an offer sent before its own
     (by the arrival stamp, less half the round trip) drops its queued chunks without
     waiting for the joiner's withdrawal; the one that reads a later offer keeps them."""
-    size = (320, 240)
     for earlier, dropped in ((True, True), (False, False)):
-        net = SimNet(30, size=size)
-        a = net.add_peer(rate=300_000)  # slow pacing: the chunks wait in the queue
-        net.run_for(1.0)
-        img = np.random.default_rng(5).integers(0, 256, (240, 320, 4), dtype=np.uint8)
-        net.act(a, lambda e, now: e.paste(img, 0, 0, now))
-        net.settle(limit=60)
+        net, a = _alone_with_a_photo(30, 5, rate=300_000)  # slow pacing: chunks wait queued
         e = a.engine
-        e.receive_datagram(wire.encode_snap_req(0x1001, 0, size, wire.SnapReq(77, 0)),
-                           None, net.now)
+        e.receive_datagram(_snap_req(0x1001, 77), None, net.now)
         net.act(a, lambda e, now: None)
         net.run_for(0.05)
         sent, _ = e._my_offers[(0x1001, 77)]
@@ -410,7 +418,7 @@ def test_a_server_whose_offer_went_out_second_drops_its_chunks():
         assert queued > 50
         other = wire.SnapMeta(0x1001, 77, 0xABC, 1000, wire.SNAP_CHUNK_SIZE)
         at = sent - 0.001 if earlier else sent + 0.001
-        e.receive_datagram(wire.encode_snap_meta(0x2002, 0, size, other), None, at)
+        e.receive_datagram(wire.encode_snap_meta(0x2002, 0, SNAP_BOARD, other), None, at)
         assert e.stats.snap_offers_crossed == 1
         assert len(e._bulk) == (0 if dropped else queued)
         assert e.stats.snapshot_chunks_withdrawn == (queued if dropped else 0)
@@ -420,24 +428,16 @@ def test_a_claim_withdrawn_before_the_build_builds_nothing():
     """A server claims a request (SNAP_META without length) and builds at its next timer;
     a joiner that withdraws in between (it took another server's claim) costs it no build
     and no chunk."""
-    size = (320, 240)
-    net = SimNet(31, size=size)
-    a = net.add_peer()
-    net.run_for(1.0)
-    img = np.random.default_rng(6).integers(0, 256, (240, 320, 4), dtype=np.uint8)
-    net.act(a, lambda e, now: e.paste(img, 0, 0, now))
-    net.settle(limit=60)
+    net, a = _alone_with_a_photo(31, 6)
     e = a.engine
     e.datagrams_to_send(net.now)
     t = net.now
-    e.receive_datagram(wire.encode_snap_req(0x1001, 0, size, wire.SnapReq(78, 0)), None, t)
+    e.receive_datagram(_snap_req(0x1001, 78), None, t)
     e.handle_timer(t + 0.05)  # its turn: the claim
     claims = [wire.decode_snap_meta(d[wire.HEADER.size:]) for d in e.datagrams_to_send(t + 0.05)
               if wire.decode_header(d).type == wire.MsgType.SNAP_META]
     assert [c.total_len for c in claims] == [0] and e._pending is not None
-    e.receive_datagram(wire.encode_snap_nack(0x1001, 0, size,
-                                             wire.SnapNack(e.id, claims[0].snap_id, ())),
-                       None, t + 0.051)
+    e.receive_datagram(_withdrawal(0x1001, e.id, claims[0].snap_id), None, t + 0.051)
     e.handle_timer(t + 0.052)
     assert e._pending is None and e.stats.snapshot_builds_skipped == 1
     assert e.stats.snapshots_built == 0 and not e._bulk

@@ -664,6 +664,27 @@ def _noise(w, h, seed):
     return img
 
 
+def _group_with_a_photo(seed: int, n: int, faults: Faults | None = None):
+    """``n`` synced peers on a 320x240 board, the first of whom pasted a noise photo that
+    every peer holds: the snapshot a joiner gets is about 230 chunks."""
+    net = SimNet(seed, faults, size=(320, 240))
+    peers = start(net, n)
+    net.act(peers[0], lambda e, now: e.paste(_noise(320, 240, seed), 0, 0, now))
+    net.settle(limit=60)
+    return net, peers
+
+
+def _total(net: SimNet, counter: str) -> int:
+    """A counter summed over every peer of the network (the joiners too)."""
+    return sum(getattr(p.engine.stats, counter) for p in net.peers)
+
+
+def _snapshot_chunks(peers) -> int:
+    """Chunks in the largest snapshot the peers keep for serving."""
+    return max(-(-len(sv.blob) // p.engine._chunk_size) for p in peers
+               for sv in p.engine._serve.values())
+
+
 @pytest.mark.parametrize("seed", [5, 6])
 def test_parity_repairs_a_paste_to_many_lossy_receivers_with_fewer_repairs_than_losses(seed):
     """16 receivers at 10% independent loss: nearly every datagram is lost somewhere. One
@@ -1050,11 +1071,8 @@ def test_a_late_joiner_of_busy_peers_costs_about_one_snapshot(seed):
     (two thirds of all datagrams sent). Before, these joins cost 2-5 offers and 5.4-8.4
     snapshots' worth of chunks; now 2 offers and 2.1 snapshots' worth (at 10% loss one
     server in a few misses the first offer, and offers too)."""
-    net = SimNet(seed, Faults(loss=0.1), size=(320, 240))
-    peers = start(net, 6)
+    net, peers = _group_with_a_photo(seed, 6, Faults(loss=0.1))
     rng = random.Random(seed)
-    net.act(peers[0], lambda e, now: e.paste(_noise(320, 240, seed), 0, 0, now))
-    net.settle(limit=60)
     for p in peers:
         p.cost = 0.002  # 2 ms a datagram: a paste or a snapshot keeps them behind
     before = [(p.engine.stats.snapshots_sent, p.engine.stats.snapshot_chunks_sent)
@@ -1065,8 +1083,7 @@ def test_a_late_joiner_of_busy_peers_costs_about_one_snapshot(seed):
     net.settle(limit=60)
     offers = sum(p.engine.stats.snapshots_sent - b[0] for p, b in zip(peers, before))
     chunks = sum(p.engine.stats.snapshot_chunks_sent - b[1] for p, b in zip(peers, before))
-    size = max(-(-len(sv.blob) // p.engine._chunk_size) for p in peers
-               for sv in p.engine._serve.values())
+    size = _snapshot_chunks(peers)
     assert j.engine.stats.snapshots_received == 1
     assert offers <= 3 and chunks <= 2.5 * size, (offers, chunks, size)
     assert j.engine.board.digest() == peers[0].engine.board.digest()
@@ -1077,23 +1094,15 @@ def test_a_join_on_a_slow_group_gets_one_offer(seed):
     """Synced peers answer a request to anyone in turns a slot apart, in an order each
     derives alike from the request, so the first offer is seen before the next turn. On
     a group 10 ms one way, with random delays within 8 ms, 4 peers offered on these seeds
-    and 928 chunks were multicast for a 232-chunk snapshot (the 5-minute soak: 148 of
-    159 offers answered requests to anyone, 346 offers crossed)."""
-    net = SimNet(seed, Faults(latency=0.01), size=(320, 240))
-    peers = start(net, 6)
-    net.act(peers[0], lambda e, now: e.paste(_noise(320, 240, seed), 0, 0, now))
-    net.settle(limit=60)
-
-    def total(name):
-        return sum(getattr(p.engine.stats, name) for p in net.peers)
-
-    offers0, chunks0 = total("snapshots_sent"), total("snapshot_chunks_sent")
+    and 928 chunks were multicast for a 232-chunk snapshot (a 5-minute soak: 199 of 214
+    offers answered requests to anyone, 454 offers crossed)."""
+    net, peers = _group_with_a_photo(seed, 6, Faults(latency=0.01))
+    offers0, chunks0 = _total(net, "snapshots_sent"), _total(net, "snapshot_chunks_sent")
     j = net.add_peer()
     net.settle(limit=60)
-    size = max(-(-len(sv.blob) // p.engine._chunk_size) for p in peers
-               for sv in p.engine._serve.values())
-    assert total("snapshots_sent") - offers0 == 1
-    assert total("snapshot_chunks_sent") - chunks0 <= 1.1 * size
+    size = _snapshot_chunks(peers)
+    assert _total(net, "snapshots_sent") - offers0 == 1
+    assert _total(net, "snapshot_chunks_sent") - chunks0 <= 1.1 * size
     assert j.engine.board.digest() == peers[0].engine.board.digest()
 
 
@@ -1103,27 +1112,19 @@ def test_servers_whose_offers_crossed_stop_sending_the_snapshot_not_taken(seed):
     host), each answers in its turn. The joiner takes the first offer it reads and
     withdraws from the others (a SNAP_NACK without ranges), and their servers drop the
     chunks still queued."""
-    net = SimNet(seed, Faults(latency=0.01), size=(320, 240))
-    peers = start(net, 6)
-    net.act(peers[0], lambda e, now: e.paste(_noise(320, 240, seed), 0, 0, now))
-    net.settle(limit=60)
-
-    def total(name):
-        return sum(getattr(p.engine.stats, name) for p in net.peers)
-
-    offers0, chunks0 = total("snapshots_sent"), total("snapshot_chunks_sent")
+    net, peers = _group_with_a_photo(seed, 6, Faults(latency=0.01))
+    offers0, chunks0 = _total(net, "snapshots_sent"), _total(net, "snapshot_chunks_sent")
     j = net.add_peer()
     net.filter = lambda src, dst, d: (dst == j.index
                                       or wire.decode_header(d).type != wire.MsgType.SNAP_META)
     net.settle(limit=60)
     net.run_for(1.0)  # the last turns come after the join is done
-    offers = total("snapshots_sent") - offers0
-    chunks = total("snapshot_chunks_sent") - chunks0
-    size = max(-(-len(sv.blob) // p.engine._chunk_size) for p in peers
-               for sv in p.engine._serve.values())
+    offers = _total(net, "snapshots_sent") - offers0
+    chunks = _total(net, "snapshot_chunks_sent") - chunks0
+    size = _snapshot_chunks(peers)
     assert offers >= 3  # the offers did cross
     assert j.engine.stats.snap_offers_declined >= offers - 1  # a claim, then the offer
-    withdrawn = total("snapshot_chunks_withdrawn")
+    withdrawn = _total(net, "snapshot_chunks_withdrawn")
     assert withdrawn > 0 and chunks + withdrawn == offers * size, (offers, chunks, size)
     assert j.engine.stats.snapshots_received == 1
     assert j.engine.board.digest() == peers[0].engine.board.digest()
@@ -1133,10 +1134,7 @@ def test_a_joiner_whose_claimed_snapshot_never_comes_asks_again():
     """The server that claimed the request goes silent before its offer (here: nothing it
     sends arrives any more, and it is not yet timed out): the joiner gives the claim up
     after snap_give_up and gets the board from another server."""
-    net = SimNet(9, size=(320, 240))
-    peers = start(net, 4)
-    net.act(peers[0], lambda e, now: e.paste(_noise(320, 240, 9), 0, 0, now))
-    net.settle(limit=60)
+    net, peers = _group_with_a_photo(9, 4)
     j = net.add_peer()
     mute = []
 
@@ -1163,10 +1161,7 @@ def test_a_joiner_whose_claimed_snapshot_offer_is_lost_asks_the_claimer_again():
     """The claim arrives, the offer that follows is lost: the joiner asks the claimer
     again every join_retry (as it asks until an offer comes) instead of waiting out
     snap_give_up, and the claimer offers its snapshot again."""
-    net = SimNet(10, size=(320, 240))
-    peers = start(net, 4)
-    net.act(peers[0], lambda e, now: e.paste(_noise(320, 240, 10), 0, 0, now))
-    net.settle(limit=60)
+    net, peers = _group_with_a_photo(10, 4)
     j = net.add_peer()
     lost = []
 
