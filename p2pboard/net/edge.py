@@ -8,19 +8,20 @@ kernel's arrival stamp where the socket has them (``SO_TIMESTAMPNS``), else the 
 was read. The round trips and repair delays the engine measures are then the network's,
 not our own backlog's, nor when this loop happened to read. Repairs, NACKs and snapshot
 requests and offers jump that queue (:meth:`Engine.urgent`): a peer that is behind on a
-big paste still answers and takes repairs within milliseconds, so a repair is not stuck behind a second of backlog
-and the others see it in time to suppress their own. The queue is bounded
-(:data:`QUEUE_MAX`); past it the kernel's buffer holds the rest, then drops, and the gaps
-are repaired like any loss. While datagrams stream in faster than mouse rate (a paste, a
-snapshot), the edge, once caught up, stops watching the socket for up to a millisecond so
-that the next wake-up reads a batch (:data:`COALESCE_RATE`): a wake-up costs about as
-much as decoding a datagram, and the arrival stamps keep the engine's timings true. At
-mouse rate the other way round: a wake-up finds one datagram, which goes straight to the
-engine, with no queue and no second read to learn that the socket is empty (between two
-strokes' datagrams the CPU caches go cold, and every line run then costs microseconds);
-unless its arrival stamp says it waited in the kernel (we were away): then what waits
-behind it is read first. The engine is told how many datagrams wait and when the oldest
-arrived (``backlog``, ``queued_since``): it judges silence and timeouts by that.
+big paste still answers and takes repairs within milliseconds, so a repair is not stuck
+behind a second of backlog and the others see it in time to suppress their own. The
+queue is bounded (:data:`QUEUE_MAX`); past it the kernel's buffer holds the rest, then
+drops, and the gaps are repaired like any loss. While datagrams stream in faster than
+mouse rate (a paste, a snapshot), the edge, once caught up, stops watching the socket
+for up to a millisecond so that the next wake-up reads a batch (:data:`COALESCE_RATE`):
+a wake-up costs about as much as decoding a datagram, and the arrival stamps keep the
+engine's timings true. At mouse rate the other way round: a wake-up finds one datagram,
+which goes straight to the engine, with no queue and no second read to learn that the
+socket is empty (between two strokes' datagrams the CPU caches go cold, and every line
+run then costs microseconds); unless its arrival stamp says it waited in the kernel (we
+were away): then what waits behind it is read first. The engine is told how many
+datagrams wait and when the oldest arrived (``backlog``, ``queued_since``): it judges
+silence and timeouts by that.
 
 It sends what the engine wants sent and keeps exactly one timer armed at the engine's
 next deadline. Between bursts it lets :mod:`p2pboard.heap` give freed memory back to the
