@@ -2215,8 +2215,10 @@ class Engine:
     def _send_meta(self, joiner: int, req_id: int, snap_id: int, length: int,
                    now: float) -> None:
         """SNAP_META: an offer of ``length`` bytes, or a claim (0); remembered, so that a
-        crossing offer of another server can be told earlier or later than ours."""
-        if len(self._my_offers) < 1024:
+        crossing offer of another server can be told earlier or later than ours. The
+        offer that follows a claim keeps the claim's time: that is when ours went out."""
+        prev = self._my_offers.get((joiner, req_id))
+        if prev[1] != snap_id if prev is not None else len(self._my_offers) < 1024:
             self._my_offers[(joiner, req_id)] = (now, snap_id)
         self._control.append(wire.encode_snap_meta(
             self.id, self._sent_seq, self.size,
