@@ -62,7 +62,8 @@ def test_author_core_pins_the_author_alone_and_is_never_written(tmp_path):
 @pytest.mark.timeout(120)
 def test_receive_quick_measures_a_receiver_with_and_without_coalescing(tmp_path):
     """``bench.py receive --quick`` (its own namespace): the in-process split and one
-    receiver through a real socket, coalescing on and off, every datagram received."""
+    receiver through a real socket: p2pboard's, coalescing on and off, and the plain one
+    (blocking recv, decode, apply), every datagram received."""
     out = tmp_path / "receive.json"
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "receive",
                         "--quick", "--json", str(out)], cwd=ROOT, capture_output=True,
@@ -72,14 +73,18 @@ def test_receive_quick_measures_a_receiver_with_and_without_coalescing(tmp_path)
     assert data["datagrams"] == 500
     assert set(data["in_process"]) == {"decode", "decode_apply", "engine"}
     runs = data["socket"]
-    assert sorted(x["coalesce"] for x in runs) == [False, True]
+    assert sorted((x["system"], x["coalesce"]) for x in runs) == [
+        ("p2pboard", False), ("p2pboard", True), ("plain", False)]
     for x in runs:
-        assert x["got"] == 500 and x["stamped"] and x["us_per_datagram"] > 0, x
+        assert x["got"] == 500 and x["receivers"] == 1 and x["us_per_datagram"] > 0, x
+        assert x["stamped"] == (x["system"] == "p2pboard"), x
     sys.path.insert(0, str(ROOT / "scripts"))
     import bench_receive
 
     data.update(command="bench.py receive --quick", date="today", machine="this one")
-    assert "| 10,000 | on |" in bench_receive.markdown(data)
+    table = bench_receive.markdown(data)
+    assert "| 10,000 | 1 | p2pboard, coalescing on |" in table
+    assert "| 10,000 | 1 | plain (blocking recv, decode, apply) |" in table
 
 
 def _bench_compare():
