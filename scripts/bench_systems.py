@@ -206,11 +206,14 @@ def multicast_socket(group: str, port: int, iface: str, loop: bool = False) -> s
 class McastLink:
     """Plain multicast: send each message once, apply whatever arrives."""
 
-    def __init__(self, rb: RecordBoard, group: str, port: int, iface: str) -> None:
+    def __init__(self, rb: RecordBoard, group: str, port: int, iface: str,
+                 track_seen: bool = True) -> None:
         self.rb = rb
         self.dest = (group, port)
         self.sock = multicast_socket(group, port, iface)
+        #: numbers seen per sender (the benchmark's loss events), if ``track_seen``
         self.seen: collections.defaultdict[int, set[int]] = collections.defaultdict(set)
+        self.track_seen = track_seen
         threading.Thread(target=self._receive, daemon=True).start()
 
     def send(self, msgs: list[bytes]) -> None:
@@ -223,7 +226,7 @@ class McastLink:
                 m = self.sock.recv(2048)
             except OSError:
                 return
-            if len(m) >= wire.HEADER.size:
+            if self.track_seen and len(m) >= wire.HEADER.size:
                 h = wire.decode_header(m)
                 self.seen[h.sender].add(h.seq)
             self.rb.receive(m)
