@@ -52,8 +52,9 @@ RATES = (2_000, 5_000, 10_000, 27_000)
 #: receivers sharing the cores in the contended runs (the comparison's image-16), and rate
 SHARED_RECEIVERS, SHARED_RATE = 16, 10_000
 #: how often the p2pboard receiver's own harness looks whether all came: each look is a
-#: wake-up of its event loop, which costs as much as a datagram (every 2 ms, it added 5-15
-#: us to each datagram at 2,000 a second; the plain receiver has no such look)
+#: wake-up of its event loop, which costs about as much as a datagram (every 2 ms, the
+#: looks were about a quarter of the wake-ups at 2,000 datagrams a second; the plain
+#: receiver has no such look)
 WATCH = 0.05
 
 
