@@ -1268,13 +1268,11 @@ class Engine:
         one such early SESSION every LOSS_NEWS_GAP; it comes after a random delay of up
         to LOSS_NEWS_JITTER, so a group that meets the loss together does not answer in
         one burst."""
-        if now - self._session_sent < LOSS_NEWS_GAP:
-            return
+        if now - self._session_sent < LOSS_NEWS_GAP or self._session_at <= now + LOSS_NEWS_JITTER:
+            return  # one went out lately, or one goes out soon anyway (news already sent)
         if _parity_for_report(self.loss_meter.report()) > _parity_for_report(self._loss_said):
-            due = now + self.rng.uniform(0.0, LOSS_NEWS_JITTER)
-            if due < self._session_at:
-                self._session_at = due
-                self.stats.loss_news += 1
+            self._session_at = now + self.rng.uniform(0.0, LOSS_NEWS_JITTER)
+            self.stats.loss_news += 1
 
     def _give_up(self, src: Source, count: int, now: float) -> None:
         """NACKs cannot fill this source's gaps: ask for a snapshot. After several
