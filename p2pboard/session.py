@@ -157,7 +157,6 @@ class Stats:
     holder_repairs_cancelled: int = 0
     heartbeats_sent: int = 0
     sessions_sent: int = 0
-    loss_news: int = 0  # SESSIONs brought forward to report a loss grown (_loss_news)
     snapshots_sent: int = 0
     snapshot_chunks_sent: int = 0
     snapshot_chunks_resent: int = 0  # ... of which queued again for a SNAP_NACK
@@ -420,8 +419,6 @@ class Engine:
         #: what we miss of what is sent to us (reported in our SESSION, see loss.py)
         self.loss_meter = LossMeter()
         self._session_count = 0
-        self._loss_said = 0  # the loss our last SESSION reported (LossMeter.report)
-        self._session_sent = -1e9  # when it went out
         self._par_from = 0  # first block sent with the current amount of proactive parity
         self._block_at = now  # when the first datagram of the current block went out
         self._par_quiet = 0
@@ -1245,34 +1242,15 @@ class Engine:
         # read (``now``): a receiver behind on its queue would otherwise NACK at once,
         # before the parity or repair queued behind that datagram is reached.
         noticed = max(now, self._now)
-        found = 0
         for s in range(lo, highest + 1):
             if s not in src.held and s not in src.missing:
                 src.missing[s] = Miss(noticed + self._nack_delay(), 0, now, soft=soft)
                 self.stats.gaps += 1
                 self.loss_meter.missed()
-                found += 1
                 p = self._peers.get(src.id)
                 if p is not None:
                     p.lost += 1
         src.highest = highest
-        if found:
-            self._loss_news(noticed)
-
-    def _loss_news(self, now: float) -> None:
-        """Gaps were just found. If the loss we now measure calls for more proactive
-        parity than what our last SESSION reported, send the next SESSION soon rather
-        than at its period (about a second): an author in the middle of a paste raises
-        its parity from its next block, instead of after the paste, whose first blocks'
-        losses wait for NACKs (which a receiver behind on its queue sends late). At most
-        one such early SESSION every LOSS_NEWS_GAP; it comes after a random delay of up
-        to LOSS_NEWS_JITTER, so a group that meets the loss together does not answer in
-        one burst."""
-        if now - self._session_sent < LOSS_NEWS_GAP or self._session_at <= now + LOSS_NEWS_JITTER:
-            return  # one went out lately, or one goes out soon anyway (news already sent)
-        if _parity_for_report(self.loss_meter.report()) > _parity_for_report(self._loss_said):
-            self._session_at = now + self.rng.uniform(0.0, LOSS_NEWS_JITTER)
-            self.stats.loss_news += 1
 
     def _give_up(self, src: Source, count: int, now: float) -> None:
         """NACKs cannot fill this source's gaps: ask for a snapshot. After several
@@ -2464,13 +2442,11 @@ class Engine:
             vector, digest = self._vector(), self._digest64()
         self._session_version = version
         self._session_count = (self._session_count + 1) & 0xFFFF
-        self._loss_said = self.loss_meter.report()
-        self._session_sent = now
         self._control.append(wire.encode_session(
             self.id, self._sent_seq, self.size,
             wire.Session(self.config.name, self.config.color, flags, tuple(entries),
                          self._ts(now), vector, digest, self._session_count,
-                         self._loss_said)))
+                         self.loss_meter.report())))
         self.stats.sessions_sent += 1
         self._probe_answer_at = None
         self._session_at = now + self.timers.session_interval * self.rng.uniform(0.8, 1.2)
@@ -2591,10 +2567,6 @@ PROACTIVE_SPAN = 0.005
 #: A receiver's reported loss below this sets no floor under proactive parity (NACKs are
 #: cheaper than a parity symbol per block for the odd loss).
 PROACTIVE_FLOOR_MIN = 0.005
-#: Loss news (Engine._loss_news): at most one early SESSION this often, sent after a random
-#: delay of up to LOSS_NEWS_JITTER.
-LOSS_NEWS_GAP = 0.1
-LOSS_NEWS_JITTER = 0.005
 
 
 @functools.lru_cache(maxsize=1024)

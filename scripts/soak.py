@@ -81,8 +81,8 @@ STAT_KEYS = ("data_sent", "data_received", "gaps", "recovered", "nacks_sent",
              "snapshot_chunks_resent", "snapshots_received", "snap_requests_sent",
              "gap_fetches", "snap_offers_to_anyone", "snap_offers_repeated",
              "snap_offers_crossed", "snap_offers_declined", "snapshot_chunks_withdrawn",
-             "snapshot_builds_skipped", "sessions_sent", "loss_news", "divergences",
-             "unrecoverable", "missing", "behind",
+             "snapshot_builds_skipped", "sessions_sent", "divergences", "unrecoverable",
+             "missing", "behind",
              "send_errors", "board_rejected", "board_forced_folds")
 
 
