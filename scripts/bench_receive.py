@@ -46,6 +46,8 @@ from p2pboard.session import Engine  # noqa: E402
 
 SIZE = (1920, 1080)
 GROUP, PORT = "239.255.7.7", 47999
+#: where the photo's author (peer 7) sends from, for the in-process engine
+AUTHOR_ADDR = ("10.0.0.7", PORT)
 #: datagrams a second: a slow link, 100 Mbit/s (about 10,000 of these), the default
 #: pacing ceiling of 32 MB/s
 RATES = (2_000, 5_000, 10_000, 27_000)
@@ -103,8 +105,6 @@ def in_process(dgrams: list[bytes]) -> dict:
     return out
 
 
-AUTHOR_ADDR = ("10.0.0.7", PORT)
-
 
 def synced_receiver() -> tuple[Engine, float]:
     """An engine that has joined the group of the photo's author (peer 7, whose first DATA
@@ -126,7 +126,7 @@ def synced_receiver() -> tuple[Engine, float]:
     return rx, t
 
 
-def _receiver(n: int, coalesce: bool, ready_fd: int, out_fd: int) -> None:
+def _p2pboard_receiver(n: int, coalesce: bool, ready_fd: int, out_fd: int) -> None:
     """Child process: the edge and engine on the group until ``n`` DATA datagrams."""
     from p2pboard.net import edge as edge_mod
     from p2pboard.net.sockets import open_multicast_socket
@@ -217,7 +217,7 @@ def through_socket(dgrams: list[bytes], rate: float, coalesce: bool,
                 if system == "plain":
                     _plain_receiver(len(dgrams), ready_w, out_w)
                 else:
-                    _receiver(len(dgrams), coalesce, ready_w, out_w)
+                    _p2pboard_receiver(len(dgrams), coalesce, ready_w, out_w)
             except BaseException:  # noqa: BLE001 - report, never return into the parent's code
                 import traceback
 

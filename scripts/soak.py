@@ -82,8 +82,7 @@ STAT_KEYS = ("data_sent", "data_received", "gaps", "recovered", "nacks_sent",
              "gap_fetches", "snap_offers_to_anyone", "snap_offers_repeated",
              "snap_offers_crossed", "snap_offers_declined", "snapshot_chunks_withdrawn",
              "snapshot_builds_skipped", "sessions_sent", "divergences", "unrecoverable",
-             "missing", "behind",
-             "send_errors", "board_rejected", "board_forced_folds")
+             "missing", "behind", "send_errors", "board_rejected", "board_forced_folds")
 
 
 class SetupError(RuntimeError):

@@ -60,7 +60,7 @@ def test_author_core_pins_the_author_alone_and_is_never_written(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_receive_quick_measures_a_receiver_with_and_without_coalescing(tmp_path):
+def test_receive_quick_measures_p2pboards_receiver_and_the_plain_one(tmp_path):
     """``bench.py receive --quick`` (its own namespace): the in-process split and one
     receiver through a real socket: p2pboard's, coalescing on and off, and the plain one
     (blocking recv, decode, apply), every datagram received."""
