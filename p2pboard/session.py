@@ -1914,9 +1914,7 @@ class Engine:
             # The offer claimed earlier, now built (or the claimer's answer to our asking
             # again: a claim or an offer of another snapshot, if ours was built and sent
             # while its offer was lost).
-            f.snap_id, f.total, f.chunk_size = m.snap_id, m.total_len, m.chunk_size
-            f.have = bytearray(m.chunks)
-            f.last_chunk = now
+            self._take_offer(f, h.sender, m, now)
             return
         if f is None or m.req_id != f.req_id or f.snap_id:
             if f is None or (h.sender, m.snap_id) != (f.server, f.snap_id):
@@ -1928,9 +1926,15 @@ class Engine:
                 self._control.append(wire.encode_snap_nack(
                     self.id, self._sent_seq, self.size, wire.SnapNack(h.sender, m.snap_id, ())))
             return
-        f.server, f.snap_id, f.total, f.chunk_size = h.sender, m.snap_id, m.total_len, m.chunk_size
+        self._take_offer(f, h.sender, m, now)
+
+    @staticmethod
+    def _take_offer(f: _SnapFetch, server: int, m: wire.SnapMeta, now: float) -> None:
+        """Fetch ``m`` from ``server`` (a claim, total 0: the offer follows; see
+        _fetch_timer)."""
+        f.server, f.snap_id, f.total, f.chunk_size = server, m.snap_id, m.total_len, m.chunk_size
         f.have = bytearray(m.chunks)  # one byte per chunk: at most 512 KiB (wire limits)
-        f.last_chunk = now  # (a claim, total 0: the offer follows; see _fetch_timer)
+        f.last_chunk = now
 
     def _on_snap_chunk(self, h, body, data, now) -> None:
         c = wire.decode_snap_chunk(body)
@@ -2218,7 +2222,7 @@ class Engine:
         crossing offer of another server can be told earlier or later than ours. The
         offer that follows a claim keeps the claim's time: that is when ours went out."""
         prev = self._my_offers.get((joiner, req_id))
-        if prev[1] != snap_id if prev is not None else len(self._my_offers) < 1024:
+        if (prev[1] != snap_id) if prev is not None else (len(self._my_offers) < 1024):
             self._my_offers[(joiner, req_id)] = (now, snap_id)
         self._control.append(wire.encode_snap_meta(
             self.id, self._sent_seq, self.size,
