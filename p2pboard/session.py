@@ -232,6 +232,7 @@ class Source:
     first_seen: int = 0
     given_up: bool = False
     give_ups: int = 0  # snapshots asked for because of this source, without progress
+    stuck_at: int = 0  # ``contiguous`` at the latest give-up (give_ups counts from there)
     finished: int = 0  # the seq of its goodbye: once held up to it, nothing more can come
     heard: float = -1e9  # when its author last sent us something itself (not a repair)
     parity_block: int = -1  # the latest block it sent proactive parity for
@@ -1258,6 +1259,13 @@ class Engine:
         if src.given_up:
             return
         src.given_up = True
+        if src.contiguous != src.stuck_at:
+            # It moved since the last give-up (that snapshot, or NACKs, filled what it
+            # could): a new gap, counted from 1. (Counted over a source's whole life, a
+            # long-lived author's 13th gap was skipped at once, while it was alive and
+            # others held it: the seed-7 soak's skips of live authors.)
+            src.give_ups = 0
+            src.stuck_at = src.contiguous
         src.give_ups += 1
         self._events.append(Unrecoverable(src.id, count))
         if src.give_ups > GIVE_UPS and src.give_ups <= MAX_GIVE_UPS and self._can_fill(src, now):
@@ -2014,12 +2022,9 @@ class Engine:
             self._advance(src)
             if src.given_up or src.highest > src.contiguous:
                 src.given_up = False
-                progress = src.contiguous
                 high, src.highest = src.highest, src.contiguous
                 src.missing.clear()
                 self._announce(src, high, now)
-                if src.contiguous > progress:
-                    src.give_ups = 0
 
     def _anchor(self, src: Source, contig: int) -> None:
         live = set(src.held)
@@ -2532,8 +2537,8 @@ UNDO_DEPTH = 200
 #: A NACK may ask for at most this many datagrams; more is an amplification attempt.
 MAX_NACK_SEQS = 2048
 MAX_REPAIR_QUEUE = 8192
-#: Snapshots asked for one source's gaps before they are declared lost; up to
-#: MAX_GIVE_UPS while its author is alive or a peer says it holds them.
+#: Snapshots asked for one source's gap, in a row without progress, before it is declared
+#: lost; up to MAX_GIVE_UPS while its author is alive or a peer says it holds it.
 GIVE_UPS = 3
 MAX_GIVE_UPS = 12
 #: seconds between looks at a silence deadline put off by our own receive backlog

@@ -975,6 +975,29 @@ def test_a_gap_whose_author_is_alive_is_retried_not_skipped():
     assert e.board.digest() == a.engine.board.digest()
 
 
+def test_a_long_lived_author_gets_three_snapshots_for_every_gap():
+    """Found by the seed-7 soak, which skipped datagrams of authors alive to the end while
+    others held them: the snapshots asked for a source's gaps were counted over its whole
+    life, not since the last progress, so after 12 gaps, each filled by its snapshot, the
+    13th was skipped at once. Here b loses 14 times every repair of a's datagrams until
+    its NACKs run out, and fetches a snapshot each time: nothing is skipped."""
+    net = SimNet(12)
+    a, b = start(net, 2)
+    cut = {wire.MsgType.DATA, wire.MsgType.PARITY}
+    rng = random.Random(3)
+    src = b.engine._sources[a.engine.id]
+    for _ in range(14):
+        net.filter = lambda s, d, dgram: not (d == b.index and dgram[3] in cut)
+        for _ in range(3):
+            scribble(net, a, rng)
+        net.run_for(6.0)  # b's NACKs run out: it gives up and fetches a's snapshot
+        net.filter = None
+        net.settle(limit=30)
+        assert src.give_ups <= 1 and b.engine.stats.unrecoverable == 0
+    assert b.engine.stats.gap_fetches == 14
+    assert b.engine.board.digest() == a.engine.board.digest()
+
+
 def test_parity_answers_never_repeat_a_proactive_symbol():
     """Proactive parity counts up from index 16, answers to NACKs down from 255: a
     receiver that holds a proactive symbol is never sent the same one as an answer, even
