@@ -112,6 +112,10 @@ class Timers:
     silence_rejoin: float = 4.0  # nothing heard from anyone this long: re-join the group,
     silence_rejoin_max: float = 60.0  # then again after twice as long, up to this
     anti_entropy_interval: float = 5.0  # fetch a diverging peer's state at most this often
+    # no other peer heard on this host this long (after joining): our own datagrams stop
+    # looping back to this host (the edge turns IP_MULTICAST_LOOP off; on again at the
+    # first datagram of one). A peer here whose loop was off hears our start and answers.
+    local_quiet: float = 1.5
     # datagrams/s accepted from one (address, sender); None: 1.5 times what a peer sending
     # at the larger of our --rate and the default can send (full datagrams) plus 1000 for
     # small ones (about 40,000)
@@ -1036,6 +1040,14 @@ class Engine:
                 and (data[3] in _URGENT
                      or (data[3] in (wire.MsgType.DATA, wire.MsgType.PARITY)
                          and bool(data[4] & wire.FLAG_REPAIR))))
+
+    def is_own(self, data: bytes) -> bool:
+        """Is ``data`` one of our own datagrams, looped back to us? (A glance at the
+        sender field, authenticated or not; never raises.)"""
+        if self._opener is not None:
+            return seal.peek_transmitter(data) == self.id
+        return (len(data) >= wire.HEADER.size and data[:2] == wire.MAGIC
+                and int.from_bytes(data[5:9], "big") == self.id)
 
     def receive_datagram(self, data: bytes, addr: tuple | None, now: float) -> None:
         """One datagram from the network, sent from ``addr`` ((host, port), or None when

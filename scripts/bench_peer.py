@@ -126,9 +126,13 @@ class P2pPeer(Common):
             cmd = line[0]
             if cmd == "link":
                 # Everyone heard, and done joining: a fresh peer first loads the others'
-                # board, which is not the workload (the others have no join phase).
+                # board, which is not the workload (the others have no join phase). And
+                # settled: alone on its host, its own datagrams no longer loop back to it
+                # (edge.py; 1.5 s after joining, as in any session a user draws in).
+                edge = self.board.edge
                 out(event="link", ok=len(self.board.peers) >= self.cfg["peers"] - 1
-                    and not self.board.engine.joining)
+                    and not self.board.engine.joining
+                    and not (edge.loop_controlled and edge.looping))
             elif cmd == "go":
                 self.cpu_go, self.t_go = cpu_seconds(), time.monotonic()
                 await self.go()

@@ -5,6 +5,9 @@ the queue is bounded."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import sys
 
 from p2pboard import seal, wire
 from p2pboard.ops import Clear
@@ -360,3 +363,64 @@ def test_a_datagram_that_waited_in_the_kernel_makes_the_edge_read_the_backlog_fi
     asyncio.run(main())
     assert [b for b, _ in seen] == [4, 3, 2, 1, 0]
     assert all(since is not None for _, since in seen[:-1])
+
+
+def test_our_datagrams_loop_back_only_while_another_peer_is_on_this_host(monkeypatch):
+    """Two real boards on one host, on one end of a veth pair in the private namespace
+    (nobody has joined the group on the other end): they hear each other only through the
+    loop.
+    Alone, a board turns the loop off after ``local_quiet`` (it no longer reads a copy of
+    each datagram it sends); a second board starting on the same host is heard at once,
+    the first turns the loop back on before answering, and the newcomer gets the board;
+    once it has left, the loop goes off again."""
+    import pytest
+
+    from p2pboard import open_board
+    from p2pboard.session import Timers
+
+    from .netns import require_lan, sh
+
+    require_lan()  # root and the ip tool
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the loop is controlled on Linux only")
+    link, addr = f"pbloop{os.getpid() % 10000}", "10.254.7.1"
+    sh("ip", "link", "add", link, "type", "veth", "peer", "name", link + "p")
+    try:
+        sh("ip", "addr", "add", f"{addr}/32", "dev", link)
+        for end in (link, link + "p"):
+            sh("ip", "link", "set", end, "multicast", "on", "up")
+        monkeypatch.setattr(edge_mod, "LOCAL_CHECK", 0.05)
+        # local_quiet longer than a lone board takes to start (it waits out the join); once
+        # b was heard, a waits peer_timeout
+        kw = dict(group="239.255.77.9", port=47321, iface=addr, size=(64, 48),
+                  timers=Timers(local_quiet=1.5, peer_timeout=2.5))
+        asyncio.run(_two_boards_on_one_host(open_board, kw))
+    finally:
+        sh("ip", "link", "del", link, check=False)
+
+
+async def _two_boards_on_one_host(open_board, kw) -> None:
+    def loop_opt(board) -> int:
+        return board.edge.sock.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP)
+
+    async def until(cond, timeout=10.0):
+        end = asyncio.get_running_loop().time() + timeout
+        while not cond():
+            assert asyncio.get_running_loop().time() < end, "timed out"
+            await asyncio.sleep(0.02)
+
+    async with open_board(name="a", **kw) as a:
+        assert a.edge.looping and loop_opt(a) == 1
+        assert a.engine.stats.ignored_own > 0  # its own datagrams come back
+        await until(lambda: not a.edge.looping)
+        assert loop_opt(a) == 0
+        await asyncio.sleep(0.1)
+        own = a.engine.stats.ignored_own
+        a.paint([(3, 4), (5, 6)], (200, 10, 10, 255))
+        await asyncio.sleep(0.3)
+        assert a.engine.stats.ignored_own == own  # no copy of its own came back
+        async with open_board(name="b", **kw) as b:
+            await until(lambda: b.digest() == a.digest())  # only through a's loop
+            assert a.edge.looping and loop_opt(a) == 1 and b.edge.looping
+        await until(lambda: not a.edge.looping)
+        assert a.edge.loop_switches == 3

@@ -23,6 +23,16 @@ were away): then what waits behind it is read first. The engine is told how many
 datagrams wait and when the oldest arrived (``backlog``, ``queued_since``): it judges
 silence and timeouts by that.
 
+On Linux it also decides whether our own datagrams loop back to this host
+(``IP_MULTICAST_LOOP``): only while another peer on this host may need them. The socket
+starts with the loop on (a peer already here, its own loop off, must hear us arrive: it
+turns its loop on, and we hear it); once done joining and no other peer has been heard
+from an address of this machine for ``Timers.local_quiet`` (1.5 s; ``peer_timeout``, 6 s,
+once one has been), the edge turns it off, and back on at the first datagram of such a
+peer, before anything is sent in answer. Alone on its host (a
+LAN, the usual case) a peer then no longer reads and drops a copy of every datagram it
+sends: at mouse rate each was a wake-up of its own.
+
 It sends what the engine wants sent and keeps exactly one timer armed at the engine's
 next deadline. Between bursts it lets :mod:`p2pboard.heap` give freed memory back to the
 system. A bad datagram can never stop it: the engine counts and drops, and
@@ -36,6 +46,7 @@ import errno
 import logging
 import socket
 import struct
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -70,6 +81,8 @@ TIMESPEC = struct.Struct("@qq")  # struct timespec: seconds, nanoseconds
 STAMP_SPACE = socket.CMSG_SPACE(TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
 #: an arrival stamp older than this before the read is taken for a clock step, not believed
 STAMP_MAX_AGE = 5.0
+LOCAL_CHECK = 0.5  # seconds between looks, while the loop is on, at whether it must be
+LOCAL_CACHE = 4096  # sender addresses remembered as this machine's or not
 
 
 class Edge:
@@ -120,6 +133,23 @@ class Edge:
         self.heap = heap.Trimmer()  #: gives freed memory back to the OS (see heap.py)
         self._streamed_at = float("-inf")  # when the arrival rate was last a stream's
         self._trim_timer: asyncio.TimerHandle | None = None
+        # Our datagrams loop back to this host only while another peer here may need them
+        # (Linux, where the option acts on the sending side; a socket opened with the loop
+        # on). See the module's docstring.
+        self._loop_ctl = False
+        if isinstance(sock, socket.socket) and sys.platform.startswith("linux"):
+            try:
+                self._loop_ctl = sock.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP) == 1
+            except OSError:
+                pass
+        #: the edge decides whether our datagrams loop back to this host
+        self.loop_controlled = self._loop_ctl
+        self.looping = self._loop_ctl  #: our datagrams loop back to this host (if controlled)
+        self.loop_switches = 0  #: times the loop was turned on or off
+        self._local: dict[str, bool] = {}  # sender address -> is it this machine's
+        self._local_heard = 0.0  # loop time another peer on this host was last heard
+        self._local_seen = False  # ... ever
+        self._loop_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self.loop.add_reader(self.sock.fileno(), self._readable)
@@ -127,7 +157,69 @@ class Edge:
         self._report_timer = self.loop.call_later(1.0, self._report_rejections)
         if self.heap.available:
             self._trim_timer = self.loop.call_later(TRIM_EVERY, self._trim)
+        if self._loop_ctl:
+            self._local_heard = self.loop.time()  # on for local_quiet after the start
+            self._loop_timer = self.loop.call_later(LOCAL_CHECK, self._check_loop)
         self.pump()
+
+    # -------------------------------------------------------------- loop back to this host
+
+    def _check_loop(self) -> None:
+        """Turn the loop off once no other peer on this host has been heard for
+        ``local_quiet`` (and we are done joining); look again later while it is on."""
+        self._loop_timer = None
+        if self.closed or not self.looping:
+            return
+        t = self.engine.timers
+        # Once a peer here was heard, wait until it would be taken for gone (it may just be
+        # busy): a loop turned off too soon would cost it our datagrams until it speaks.
+        quiet = t.peer_timeout if self._local_seen else t.local_quiet
+        if not self.engine.joining and self.loop.time() - self._local_heard >= quiet:
+            self._set_loop(False)
+        else:
+            self._loop_timer = self.loop.call_later(LOCAL_CHECK, self._check_loop)
+
+    def _from_host(self, data: bytes, host: str, now: float) -> None:
+        """A datagram from ``host``, an address of this machine: another peer here (unless
+        it is our own, looped back) needs the loop on, at once."""
+        if self.engine.is_own(data):
+            return
+        self._local_heard = now
+        self._local_seen = True
+        if not self.looping:
+            self._set_loop(True)
+            if self._loop_timer is None and not self.closed:
+                self._loop_timer = self.loop.call_later(LOCAL_CHECK, self._check_loop)
+
+    def _is_local(self, host) -> bool:
+        """Is ``host`` an address of this machine? Binding a throwaway socket to it
+        succeeds only for one (nothing is sent); any other error counts as local, which
+        only keeps the loop on. Remembered per address."""
+        local = self._local.get(host)
+        if local is None:
+            if len(self._local) >= LOCAL_CACHE:
+                self._local.clear()  # a flood of forged addresses costs a bind each, no more
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                    probe.bind((host, 0))
+                local = True
+            except OSError as err:
+                local = err.errno != errno.EADDRNOTAVAIL
+            except (TypeError, ValueError):
+                local = False  # not an IPv4 address
+            self._local[host] = local
+        return local
+
+    def _set_loop(self, on: bool) -> None:
+        try:
+            self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, int(on))
+        except OSError as err:
+            self._fault("could not turn the multicast loop %s: %s", "on" if on else "off", err)
+            return
+        self.looping = on
+        self.loop_switches += 1
+        log.info("%s", "a peer on this host: our datagrams loop back to it" if on else
+                 "no other peer on this host: our datagrams no longer loop back to us")
 
     def _trim(self) -> None:
         """Between bursts (nothing queued, no stream for TRIM_QUIET), give freed memory
@@ -208,9 +300,15 @@ class Edge:
         try:
             if self.stamped:
                 data, anc, _flags, addr = self.sock.recvmsg(RECV_SIZE, STAMP_SPACE)
-                return data, addr, self._arrival(anc, now, offset) if anc else now
-            data, addr = self.sock.recvfrom(RECV_SIZE)
-            return data, addr, now
+                at = self._arrival(anc, now, offset) if anc else now
+            else:
+                data, addr = self.sock.recvfrom(RECV_SIZE)
+                at = now
+            if self._loop_ctl:
+                local = self._local.get(addr[0])
+                if local or (local is None and self._is_local(addr[0])):
+                    self._from_host(data, addr[0], now)
+            return data, addr, at
         except (BlockingIOError, InterruptedError):
             return None
         except OSError as err:  # e.g. ICMP errors reported on the socket
@@ -452,6 +550,8 @@ class Edge:
             self._report_timer.cancel()
         if self._trim_timer is not None:
             self._trim_timer.cancel()
+        if self._loop_timer is not None:
+            self._loop_timer.cancel()
         try:
             self.loop.remove_reader(self.sock.fileno())
             if self._writer:

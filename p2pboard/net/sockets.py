@@ -12,6 +12,7 @@
   the BSDs need it for several peers on one port of one host; Linux has both).
 * **Loop**: ``IP_MULTICAST_LOOP`` on, so peers on the same host hear each other (Windows
   applies it on the receiving side, the others on the sending side: every peer sets it).
+  On Linux the edge turns it off while no other peer is on this host (edge.py).
 * **TTL** 1 by default (the LAN only); BSD and macOS want it as one byte.
 * **Buffers**: a large receive buffer is asked for and what the kernel granted is reported
   (Linux caps it at ``net.core.rmem_max`` and reports double the usable size).
