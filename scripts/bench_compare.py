@@ -484,8 +484,9 @@ def measure(res: Result, wl: Workload, system: str, procs, reports, srv, before,
 
 
 def repeats(wl: Workload, repeat: int) -> int:
-    """Rounds of ``wl``: ``repeat`` for the strokes and loss workloads, else one."""
-    return repeat if wl.kind == "strokes" or wl.loss else 1
+    """Rounds of ``wl``: ``repeat`` for the strokes and image workloads (with loss or
+    without), else one (late join, idle)."""
+    return repeat if wl.kind in ("strokes", "image") or wl.loss else 1
 
 
 def pool(rounds: list[Result]) -> Result:

@@ -136,10 +136,11 @@ def _rounds_text(results) -> str:
     n = max((r["extra"].get("rounds", 1) for r in results), default=1)
     if n == 1:
         return "One run per cell, no averaging."
-    return (f"The strokes and loss workloads ran {n} rounds, the systems taking turns in "
-            "each; their figures are pooled over the rounds (percentiles over every sample "
-            "of every round, counts summed), and the p99 or p95 of each round is shown "
-            "beside them. The other workloads ran once.")
+    return (f"The strokes and image workloads (with loss and without) ran {n} rounds, the "
+            "systems taking turns in each; their figures are pooled over the rounds "
+            "(percentiles over every sample of every round, counts summed, times, rates and "
+            "CPU seconds the median round), and the p99, p95 or time of each round is shown "
+            "beside them. The late join and idle workloads ran once.")
 
 
 def _spread(r, key) -> str:
@@ -199,14 +200,17 @@ bytes per pixel on the wire once compressed, as the socket ceiling sends it). {_
     rows = []
     for r in by(lambda r: r["workload"].startswith("image") and "loss" not in r["workload"]):
         rows.append([r["rate"], r["workload"], sysname(r), _fmt(r["image_seconds"]),
+                     _spread(r, "image_seconds_rounds"),
                      _fmt(r["pixels_per_s_per_receiver"]), _fmt(r["sender_cpu_s"]),
                      _fmt(r["server_cpu_s"]), _fmt(r["receiver_cpu_s_mean"]),
                      _fmt(r["bytes_per_pixel"]), _fmt(r["peak_memory_mb"]),
                      _fmt(r["converged"]) if r["ran"] else "failed"])
     parts.append("### A pasted 1920x1080 image\n\nTime from the paste until every receiver "
-                 "holds all of it; delivered pixels per second of the median receiver; CPU "
-                 "seconds of the sender, the relay server and the mean receiver.\n\n" + _table(
-                     ["rate", "workload", "system", "all hold it (s)", "pixels/s per receiver",
+                 "holds all of it (the median round, and each round); delivered pixels per "
+                 "second of the median receiver; CPU seconds of the sender, the relay server "
+                 "and the mean receiver.\n\n" + _table(
+                     ["rate", "workload", "system", "all hold it (s)", "s by round",
+                      "pixels/s per receiver",
                       "sender CPU s", "server CPU s", "receiver CPU s", "bytes/pixel",
                       "peak MB", "converged"], rows) +
                  "\n\n![image time](bench/image_time.png)\n\n![sender CPU](bench/sender_cpu.png)")

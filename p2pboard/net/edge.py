@@ -29,9 +29,9 @@ starts with the loop on (a peer already here, its own loop off, must hear us arr
 turns its loop on, and we hear it); once done joining and no other peer has been heard
 from an address of this machine for ``Timers.local_quiet`` (1.5 s; ``peer_timeout``, 6 s,
 once one has been), the edge turns it off, and back on at the first datagram of such a
-peer, before anything is sent in answer. Alone on its host (a
-LAN, the usual case) a peer then no longer reads and drops a copy of every datagram it
-sends: at mouse rate each was a wake-up of its own.
+peer, before anything is sent in answer. Alone on its host (a LAN, the usual case) a
+peer then no longer reads and drops a copy of every datagram it sends: at mouse rate
+each was a wake-up of its own.
 
 It sends what the engine wants sent and keeps exactly one timer armed at the engine's
 next deadline. Between bursts it lets :mod:`p2pboard.heap` give freed memory back to the
@@ -179,9 +179,9 @@ class Edge:
         else:
             self._loop_timer = self.loop.call_later(LOCAL_CHECK, self._check_loop)
 
-    def _from_host(self, data: bytes, host: str, now: float) -> None:
-        """A datagram from ``host``, an address of this machine: another peer here (unless
-        it is our own, looped back) needs the loop on, at once."""
+    def _from_host(self, data: bytes, now: float) -> None:
+        """A datagram from an address of this machine: another peer here (unless it is
+        our own, looped back) needs the loop on, at once."""
         if self.engine.is_own(data):
             return
         self._local_heard = now
@@ -191,7 +191,7 @@ class Edge:
             if self._loop_timer is None and not self.closed:
                 self._loop_timer = self.loop.call_later(LOCAL_CHECK, self._check_loop)
 
-    def _is_local(self, host) -> bool:
+    def _is_local(self, host: str) -> bool:
         """Is ``host`` an address of this machine? Binding a throwaway socket to it
         succeeds only for one (nothing is sent); any other error counts as local, which
         only keeps the loop on. Remembered per address."""
@@ -304,16 +304,16 @@ class Edge:
             else:
                 data, addr = self.sock.recvfrom(RECV_SIZE)
                 at = now
-            if self._loop_ctl:
-                local = self._local.get(addr[0])
-                if local or (local is None and self._is_local(addr[0])):
-                    self._from_host(data, addr[0], now)
-            return data, addr, at
         except (BlockingIOError, InterruptedError):
             return None
         except OSError as err:  # e.g. ICMP errors reported on the socket
             self._fault("receive failed: %s", err)
             return None
+        if self._loop_ctl:
+            local = self._local.get(addr[0])
+            if local or (local is None and self._is_local(addr[0])):
+                self._from_host(data, now)
+        return data, addr, at
 
     @staticmethod
     def _arrival(anc: list, now: float, offset: float) -> float:
