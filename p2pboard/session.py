@@ -720,14 +720,10 @@ class Engine:
             cands.append(self._hb_at)
         if self._probe_answer_at is not None:
             cands.append(self._probe_answer_at)
-        backlog = self.backlog
         for s in self._sources.values():
             if s.missing:
-                if backlog:
-                    due = min((m.due for seq, m in s.missing.items()
-                               if not self._queued_maybe(s, seq, m)), default=None)
-                else:
-                    due = min(self._nack_due(s, seq, m) for seq, m in s.missing.items())
+                due = min((d for seq, m in s.missing.items()
+                           if (d := self._nack_due(s, seq, m)) is not None), default=None)
                 if due is not None:
                     cands.append(due)
         if self._holder_repairs:
@@ -1057,7 +1053,7 @@ class Engine:
         st.datagrams_received += 1
         st.bytes_received += len(data)
         if self._opener is not None:
-            if seal.peek_transmitter(data) == self.id:
+            if self.is_own(data):
                 st.ignored_own += 1
                 return
             try:
@@ -2385,14 +2381,17 @@ class Engine:
         return (m.attempt == 0 and src.parity_block >= b - 1
                 and src.highest <= (b + 1) * wire.FEC_K)
 
-    def _nack_due(self, src: Source, seq: int, m: Miss) -> float:
-        """When to NACK this gap (our receive queue empty). A gap in a block of a source
-        that sends proactive parity (it did for the block before), while neither the end
-        of the block nor its parity has come, waits TAIL_WAIT longer: the author releases
+    def _nack_due(self, src: Source, seq: int, m: Miss) -> float | None:
+        """When to NACK this gap; None while what fills it may be in our receive queue
+        (_queued_maybe). With the queue empty, a gap in a block of a source that sends
+        proactive parity (it did for the block before), while neither the end of the
+        block nor its parity has come, waits TAIL_WAIT longer: the author releases
         a block and its parity in one go, and what is missing of it is most likely still
         on its way, the author having lost the processor in the middle of sending it
         (measured on the benchmark's shared cores: 76% of first NACKs at 10% loss were
         for such blocks, and the parity that came after them filled most)."""
+        if self.backlog:
+            return None if self._queued_maybe(src, seq, m) else m.due
         b = wire.fec_block(seq)
         if (m.attempt == 0 and b > 0 and src.parity_block == b - 1
                 and src.highest <= (b + 1) * wire.FEC_K):
@@ -2400,11 +2399,8 @@ class Engine:
         return m.due
 
     def _nack_timer(self, src: Source, now: float) -> None:
-        if self.backlog:
-            due = sorted(s for s, m in src.missing.items()
-                         if m.due <= now and not self._queued_maybe(src, s, m))
-        else:
-            due = sorted(s for s, m in src.missing.items() if self._nack_due(src, s, m) <= now)
+        due = sorted(s for s, m in src.missing.items()
+                     if (d := self._nack_due(src, s, m)) is not None and d <= now)
         if not due:
             return
         t = self.timers

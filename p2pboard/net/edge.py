@@ -136,15 +136,16 @@ class Edge:
         # Our datagrams loop back to this host only while another peer here may need them
         # (Linux, where the option acts on the sending side; a socket opened with the loop
         # on). See the module's docstring.
-        self._loop_ctl = False
+        #: the edge decides whether our datagrams loop back to this host
+        self.loop_controlled = False
         if isinstance(sock, socket.socket) and sys.platform.startswith("linux"):
             try:
-                self._loop_ctl = sock.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP) == 1
+                self.loop_controlled = sock.getsockopt(
+                    socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP) == 1
             except OSError:
                 pass
-        #: the edge decides whether our datagrams loop back to this host
-        self.loop_controlled = self._loop_ctl
-        self.looping = self._loop_ctl  #: our datagrams loop back to this host (if controlled)
+        #: our datagrams loop back to this host (if controlled)
+        self.looping = self.loop_controlled
         self.loop_switches = 0  #: times the loop was turned on or off
         self._local: dict[str, bool] = {}  # sender address -> is it this machine's
         self._local_heard = 0.0  # loop time another peer on this host was last heard
@@ -157,7 +158,7 @@ class Edge:
         self._report_timer = self.loop.call_later(1.0, self._report_rejections)
         if self.heap.available:
             self._trim_timer = self.loop.call_later(TRIM_EVERY, self._trim)
-        if self._loop_ctl:
+        if self.loop_controlled:
             self._local_heard = self.loop.time()  # on for local_quiet after the start
             self._loop_timer = self.loop.call_later(LOCAL_CHECK, self._check_loop)
         self.pump()
@@ -309,7 +310,7 @@ class Edge:
         except OSError as err:  # e.g. ICMP errors reported on the socket
             self._fault("receive failed: %s", err)
             return None
-        if self._loop_ctl:
+        if self.loop_controlled:
             local = self._local.get(addr[0])
             if local or (local is None and self._is_local(addr[0])):
                 self._from_host(data, now)
