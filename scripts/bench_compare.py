@@ -421,6 +421,11 @@ def measure(res: Result, wl: Workload, system: str, procs, reports, srv, before,
         author = reports[0]
         res.sender_cpu_s = round(author["cpu"], 3)
         res.receiver_cpu_s_mean = round(statistics.mean(r["cpu"] for r in reports[1:]), 3)
+        # of which in user space (the rest in the kernel), JSON only: says whether a
+        # receiver's time goes to its own code or to the network stack
+        res.extra["sender_user_cpu_s"] = round(author["cpu_user"], 3)
+        res.extra["receiver_user_cpu_s_mean"] = round(
+            statistics.mean(r["cpu_user"] for r in reports[1:]), 3)
         t0 = author["t_start"]
         pixels = wl.image[0] * wl.image[1]
         if system == "socket":
@@ -539,6 +544,10 @@ def pool(rounds: list[Result]) -> Result:
         out.image_seconds = statistics.median(times) if None not in times else None
         out.extra["image_seconds_rounds"] = times
         out.pixels_per_s_per_receiver = median("pixels_per_s_per_receiver")
+        for k in ("sender_user_cpu_s", "receiver_user_cpu_s_mean"):
+            vals = [r.extra[k] for r in ok if k in r.extra]
+            if vals:
+                out.extra[k] = round(statistics.median(vals), 3)
     for name in ("loss_events", "nacks", "repairs", "unrecovered", "divergent_pixels"):
         setattr(out, name, total(name))
     if out.loss_events:
