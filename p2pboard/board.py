@@ -23,6 +23,11 @@ folded into the base and forgotten (undone ones are simply dropped). The *log* k
 recent operations, keyed by ``(author, datagram seq, record index)`` so duplicates are
 recognised. The *view* is the per-pixel maximum of the base and the visible log entries. A
 new fragment updates the view in place; hiding one recomputes only the pixels it covers.
+Received pieces of a picture (a paste comes as bands of rows cut into column strips, one a
+datagram) are logged at once but painted in runs: up to :data:`PENDING_MAX` wait, and the
+strips of a band that follow each other are painted as one rectangle. Whatever reads the
+view (pixels, digest, a snapshot, an undo) paints them first, so nothing ever sees the
+view without them; a maximum does not depend on the order things are painted in.
 
 Limits: the log is capped at :data:`LOG_PIXEL_CAP` pixels. Past it the oldest operations
 are folded early ("forced folds", counted); an undo that later reaches such an operation
@@ -47,6 +52,9 @@ LOG_PIXEL_CAP = 48 << 20
 MAX_TOGGLES = 1 << 16
 #: Most stamps whose one colour is remembered (Board._keys, about 100 bytes each).
 MAX_STAMP_KEYS = 1 << 16
+#: Received pieces of pictures held back to be painted together (Board._flush): a band of
+#: a 1920-pixel photo is about 28 of them.
+PENDING_MAX = 64
 _BG = np.array(BACKGROUND, dtype=np.uint8)
 
 
@@ -107,6 +115,9 @@ class Board:
         self._keys: dict[int, int] = {}
         self._keys_floor = 0
         self._rebuild = False
+        #: received pieces of pictures logged (and counted in the version) but not painted
+        #: into the view yet: painted in runs by _flush, before anything reads the view
+        self._pending: list[Entry] = []
         self._version = 0  # bumped by every change of the view
         self._digest: tuple[int, str] | None = None
         #: records refused: bad geometry, invalid toggles, over a cap
@@ -160,6 +171,7 @@ class Board:
         f._base_stamp = self._base_stamp.copy()
         f._base_color = self._base_color.copy()
         f._stamp = f._color = None
+        f._pending = []
         f._rebuild = False
         f._dirty = None
         f._log = dict(self._log)
@@ -216,14 +228,21 @@ class Board:
         return True
 
     def _insert(self, entry: Entry) -> None:
-        """Log a new entry and show it (if its operation is visible)."""
-        self._sync()
+        """Log a new entry and show it (if its operation is visible). A received piece of
+        a picture waits in _pending, to be painted with the pieces next to it."""
+        if self._rebuild:
+            self._sync()
         self._add(entry)
         author, opno = entry.op
         if self.visible(author, opno) and (entry.key[1] == 0 or (author, 0, opno) not in self._log):
             # (A band of our own paste whose provisional entry is still in the log: that
             # entry shows the same pixels at the same stamp already.)
-            self._paint(entry, self._stamp, self._color)
+            if entry.key[1] and isinstance(entry.rec, Image):
+                self._pending.append(entry)
+                if len(self._pending) >= PENDING_MAX:
+                    self._flush()
+            else:
+                self._paint(entry, self._stamp, self._color)
             self._mark(entry.box)
 
     def apply_provisional(self, rec: Image) -> tuple[int, int, int] | None:
@@ -449,9 +468,9 @@ class Board:
         """Max-(stamp, colour) ``e`` into (stamp, color); ``only``: a flat bool mask to
         restrict to."""
         si = e.rec.stamp
-        s = np.uint64(si)
         rec = e.rec
         if isinstance(rec, Paint):
+            s = np.uint64(si)
             ix = e.index
             if only is not None:
                 ix = ix[only[ix]]
@@ -480,12 +499,14 @@ class Board:
             h = stamp.size // w
             st2 = stamp.reshape(h, w)[y0:y1, x0:x1]
             co2 = color.reshape(h, w, 4)[y0:y1, x0:x1]
-            self._learn(si, -1, True)  # a picture: several colours
-            if only is None and st2.max() < s:
+            if self._keys.get(si) != -1:  # (the other bands of a paste: known already)
+                self._learn(si, -1, True)  # a picture: several colours
+            if only is None and st2.max() < si:
                 # Everything under it is older (a fresh paste): plain copies, no masks.
-                st2[...] = s
+                st2[...] = si
                 co2[...] = rec.rgba
                 return
+            s = np.uint64(si)
             m = st2 < s
             tie = st2 == s
             if tie.any():
@@ -495,6 +516,7 @@ class Board:
             st2[m] = s
             co2[m] = rec.rgba[m]
         else:  # Clear
+            s = np.uint64(si)
             m = stamp < s
             tie = stamp == s
             c = _rgba_key(BACKGROUND)
@@ -536,15 +558,63 @@ class Board:
             self._paint_into(e, self._stamp, self._color, self.width, only)
 
     def _sync(self) -> None:
+        """Bring the view up to date: the pieces waiting in _pending, or all of it."""
         if not self._rebuild:
+            if self._pending:
+                self._flush()
             return
         self._rebuild = False
+        self._pending = []  # (painted below with everything else)
         np.copyto(self._stamp, self._base_stamp)
         np.copyto(self._color, self._base_color)
         for e in self._log.values():
             if self.visible(*e.op):
                 self._paint(e, self._stamp, self._color)
         self._mark((0, 0, self.width, self.height))
+
+    def _flush(self) -> None:
+        """Paint the pieces waiting in _pending. A paste arrives as bands of rows, each cut
+        into column strips, one a datagram: strips of one band that follow each other
+        (same operation and stamp, same rows, each starting where the last ended) are
+        painted as one rectangle, in one copy when nothing at or above their stamp lies
+        under it. A NumPy call on a piece of a few hundred pixels costs a receiver that
+        woke with cold caches several microseconds, as much as the copy (BENCHMARKS.md):
+        painting a band in one go saves four of them a piece. The view is a per-pixel
+        maximum, so the order pieces are painted in does not change it. A piece waits only
+        while its operation is visible (an undo or redo paints what waits first), so it is
+        painted even if it has meanwhile been folded into the base: it shows either way;
+        a rebuild of the view (_sync) paints everything and drops what waits."""
+        pending, self._pending = self._pending, []
+        run: list[Entry] = []
+        for e in pending:
+            if run:
+                last = run[-1]
+                if (e.box[0] == last.box[2] and e.box[1] == last.box[1]
+                        and e.box[3] == last.box[3] and e.op == last.op
+                        and e.rec.lamport == last.rec.lamport):
+                    run.append(e)
+                    continue
+                self._paint_run(run)
+            run = [e]
+        if run:
+            self._paint_run(run)
+
+    def _paint_run(self, run: list[Entry]) -> None:
+        if len(run) > 1:
+            x0, y0, _, y1 = run[0].box
+            x1 = run[-1].box[2]
+            si = run[0].rec.stamp
+            w, h = self.width, self.height
+            st2 = self._stamp.reshape(h, w)[y0:y1, x0:x1]
+            if st2.max() < si:  # a fresh paste: plain copies
+                if self._keys.get(si) != -1:
+                    self._learn(si, -1, True)
+                st2[...] = si
+                self._color.reshape(h, w, 4)[y0:y1, x0:x1] = np.concatenate(
+                    [e.rec.rgba for e in run], axis=1)
+                return
+        for e in run:
+            self._paint(e, self._stamp, self._color)
 
     def _mark(self, box) -> None:
         self._version += 1

@@ -692,8 +692,7 @@ def decode_records(body: memoryview | bytes, author: int, width: int, height: in
                 rgba = np.frombuffer(payload, dtype=np.uint8).reshape(h, w, 4)
             elif enc == IMG_SUB_ZSTD or enc == IMG_RGB_SUB_ZSTD:
                 channels = 4 if enc == IMG_SUB_ZSTD else 3
-                f = np.frombuffer(_unzstd(payload, w * h * channels),
-                                  dtype=np.uint8).reshape(h, w, channels)
+                f = np.ndarray((h, w, channels), np.uint8, _unzstd(payload, w * h * channels))
                 if channels == 4:
                     rgba = _unfilter(f, axis=1, dtype=np.uint8)  # wrapping at 256, as the filter
                 else:

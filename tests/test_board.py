@@ -62,6 +62,15 @@ def make_history(rng: random.Random, authors=(1, 2, 3), n_ops=30, twins: float =
                              for _ in range(2)], dtype=np.uint8)
             rec_list = [Image(a, s["opno"], lamport, x, y, rgba),
                         Image(a, s["opno"], lamport, x, y + 2, rgba[:1].copy())]
+        elif kind < 0.55:
+            # a band of a paste cut into column strips, as wire.iter_image sends one: the
+            # receiving board paints strips that follow each other in one go (Board._flush)
+            x, y = rng.randrange(W - 8), rng.randrange(H - 2)
+            band = np.array([[[rng.randrange(256) for _ in range(4)] for _ in range(8)]
+                             for _ in range(2)], dtype=np.uint8)
+            cuts = sorted(rng.sample(range(1, 8), 3))
+            rec_list = [Image(a, s["opno"], lamport, x + c0, y, band[:, c0:c1].copy())
+                        for c0, c1 in zip([0] + cuts, cuts + [8])]
         else:
             color = (rng.randrange(256), rng.randrange(256), rng.randrange(256), 255)
             pix = np.unique(np.array([rng.randrange(W * H) for _ in range(rng.randrange(1, 40))]))
@@ -74,7 +83,7 @@ def make_history(rng: random.Random, authors=(1, 2, 3), n_ops=30, twins: float =
                 s["seq"] += 1
                 idx = 0
             else:
-                idx = 1
+                idx += 1  # another record of the same datagram
             recs.append((a, s["seq"], idx, r))
     return recs
 
@@ -393,6 +402,49 @@ def test_log_cap_forces_folds_but_keeps_pixels(monkeypatch):
     apply_all(b, recs, settle=False)
     assert b.live_pixels <= 100 and b.forced_folds >= 8
     assert np.array_equal(b.pixels, oracle(recs))
+
+
+def test_a_paste_received_in_strips_shows_on_every_read():
+    """A noisy picture sent as the wire cuts it (bands of rows, column strips, one a
+    datagram), received over a stroke of an older stamp and under one of a newer: every
+    read shows exactly what painting each strip at once would (the board paints waiting
+    strips in runs), with the paste undone before any read, and in a snapshot taken
+    while strips wait."""
+    from p2pboard import wire
+
+    rng = np.random.default_rng(5)
+    pic = rng.integers(0, 256, (H - 2, W - 1, 4), dtype=np.uint8)
+    pic[..., 3] = 255
+    pieces = wire.encode_image(Image(2, 1, 10, 1, 1, pic), budget=60)
+    strips = [wire.decode_records(p, 2, W, H)[0] for p, _ in pieces]
+    assert len(strips) > 8 and len({s.y for s in strips}) < len(strips)  # bands of strips
+    under = Paint(1, 1, 5, (9, 9, 9, 255), np.arange(W * H))
+    over = Paint(3, 1, 20, (7, 7, 7, 255), np.arange(2 * W, 3 * W))
+    want = np.broadcast_to(np.array(BACKGROUND, np.uint8), (H, W, 4)).copy()
+    want[:] = (9, 9, 9, 255)
+    want[1:H - 1, 1:W] = pic
+    want[2] = (7, 7, 7, 255)
+
+    def received(read_every: int, undo: bool = False) -> Board:
+        b = Board(W, H)
+        b.apply(under, 1, 1, 0)
+        b.apply(over, 3, 1, 0)
+        for seq, rec in enumerate(strips, 1):
+            b.apply(rec, 2, seq, 0)
+            if read_every and seq % read_every == 0:
+                b.pixels  # noqa: B018 - a read paints what waits
+        if undo:
+            b.apply(Toggle(2, 2, 1, False), 2, len(strips) + 1, 0)
+        return b
+
+    for every in (0, 1, 3):
+        assert np.array_equal(received(every).pixels, want), every
+    hidden = want.copy()
+    hidden[1:H - 1, 1:W] = (9, 9, 9, 255)
+    hidden[2] = (7, 7, 7, 255)
+    assert np.array_equal(received(0, undo=True).pixels, hidden)
+    copy, _ = store.load(store.dump(received(0), {}), W, H)
+    assert np.array_equal(copy.pixels, want)
 
 
 def test_take_dirty_covers_changes():
