@@ -92,15 +92,18 @@ class Entry:
 class Board:
     """One peer's copy of a board of ``width`` x ``height`` RGBA pixels."""
 
-    def __init__(self, width: int, height: int) -> None:
+    def __init__(self, width: int, height: int, view: bool = True) -> None:
+        """``view=False``: no view until something reads or paints it (a snapshot that is
+        only merged into another board never needs one: 24 MB at 1920x1080)."""
         self.width, self.height = int(width), int(height)
         n = self.width * self.height
         self._n = n
+        # zeros, not a copy of zeros: the system maps the pages on first write only
         self._base_stamp = np.zeros(n, dtype=np.uint64)
         self._base_color = np.empty((n, 4), dtype=np.uint8)
         self._base_color[:] = _BG
-        self._stamp = self._base_stamp.copy()
-        self._color = self._base_color.copy()
+        self._stamp: np.ndarray | None = np.zeros(n, dtype=np.uint64) if view else None
+        self._color: np.ndarray | None = self._base_color.copy() if view else None
         self._log: dict[tuple[int, int, int], Entry] = {}
         self._ops: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
         self._heaps: dict[int, list[int]] = {}
@@ -114,7 +117,7 @@ class Board:
         #: one at or below it may be anywhere in any colour (forgotten, or merged in).
         self._keys: dict[int, int] = {}
         self._keys_floor = 0
-        self._rebuild = False
+        self._rebuild = not view
         #: received pieces of pictures logged (and counted in the version) but not painted
         #: into the view yet: painted in runs by _flush, before anything reads the view
         self._pending: list[Entry] = []
@@ -565,8 +568,11 @@ class Board:
             return
         self._rebuild = False
         self._pending = []  # (painted below with everything else)
-        np.copyto(self._stamp, self._base_stamp)
-        np.copyto(self._color, self._base_color)
+        if self._stamp is None:  # made without a view (Board(view=False)): made now
+            self._stamp, self._color = self._base_stamp.copy(), self._base_color.copy()
+        else:
+            np.copyto(self._stamp, self._base_stamp)
+            np.copyto(self._color, self._base_color)
         for e in self._log.values():
             if self.visible(*e.op):
                 self._paint(e, self._stamp, self._color)

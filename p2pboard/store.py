@@ -198,7 +198,7 @@ def _load(blob: bytes, width: int, height: int):
         if a == 0 or a in sources:
             raise StoreError("bad source table")
         sources[a] = (c, s)
-    board = Board(w, h)
+    board = Board(w, h, view=False)  # a view, if ever, once read (most are merged only)
     for a, o in _FOLDED.iter_unpack(r.take(nfold * _FOLDED.size)):
         if a == 0 or a in board._folded:
             raise StoreError("bad final marks")
@@ -227,7 +227,7 @@ def _load(blob: bytes, width: int, height: int):
     board._base_stamp[:] = palette[inv]
     board._forget_keys(int(palette[-1]) if npal else 0)  # colours at those stamps: unknown
     filtered = np.frombuffer(r.take(n * 4), dtype=np.uint8).reshape(h, w, 4)
-    board._base_color[:] = np.cumsum(filtered, axis=1, dtype=np.uint8).reshape(n, 4)
+    np.cumsum(filtered, axis=1, dtype=np.uint8, out=board._base_color.reshape(h, w, 4))
     heads = list(_ENTRY.iter_unpack(r.take(nent * _ENTRY.size)))
     deltas = np.frombuffer(r.take(ndelta), dtype=">u4") if ndelta % 4 == 0 else None
     if deltas is None:
@@ -265,9 +265,7 @@ def _load(blob: bytes, width: int, height: int):
         board._add(entry)
     if dpos != (deltas.size if deltas is not None else 0) or ipos != len(images):
         raise StoreError("unused bytes in the entry streams")
-    board._rebuild = True
-    board._sync()
-    board._dirty = None
+    board._rebuild = True  # its view is made from base and log when first read
     return board, sources
 
 
