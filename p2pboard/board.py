@@ -606,6 +606,8 @@ class Board:
             self._paint_run(run)
 
     def _paint_run(self, run: list[Entry]) -> None:
+        """Paint adjacent strips of one band (see _flush): one copy of them all where
+        the rectangle is fresh, else each strip by itself, ties and all."""
         if len(run) > 1:
             x0, y0, _, y1 = run[0].box
             x1 = run[-1].box[2]
