@@ -606,23 +606,17 @@ class Board:
             self._paint_run(run)
 
     def _paint_run(self, run: list[Entry]) -> None:
-        """Paint adjacent strips of one band (see _flush): one copy of them all where
-        the rectangle is fresh, else each strip by itself, ties and all."""
+        """Paint adjacent strips of one band (see _flush) as the one picture they make
+        together: _paint_into copies it in one go where nothing at or above its stamp
+        lies under it, and decides ties pixel by pixel otherwise."""
+        e = run[0]
         if len(run) > 1:
-            x0, y0, _, y1 = run[0].box
-            x1 = run[-1].box[2]
-            si = run[0].rec.stamp
-            w, h = self.width, self.height
-            st2 = self._stamp.reshape(h, w)[y0:y1, x0:x1]
-            if st2.max() < si:  # a fresh paste: plain copies
-                if self._keys.get(si) != -1:
-                    self._learn(si, -1, True)
-                st2[...] = si
-                self._color.reshape(h, w, 4)[y0:y1, x0:x1] = np.concatenate(
-                    [e.rec.rgba for e in run], axis=1)
-                return
-        for e in run:
-            self._paint(e, self._stamp, self._color)
+            rgba = np.concatenate([r.rec.rgba for r in run], axis=1)
+            x0, y0, _, y1 = e.box
+            band = Image(e.rec.author, e.rec.opno, e.rec.lamport, x0, y0, rgba)
+            e = Entry(e.key, band, None, (x0, y0, run[-1].box[2], y1),
+                      rgba.shape[0] * rgba.shape[1], e.op)
+        self._paint(e, self._stamp, self._color)
 
     def _mark(self, box) -> None:
         self._version += 1

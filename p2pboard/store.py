@@ -265,8 +265,7 @@ def _load(blob: bytes, width: int, height: int):
         board._add(entry)
     if dpos != (deltas.size if deltas is not None else 0) or ipos != len(images):
         raise StoreError("unused bytes in the entry streams")
-    board._rebuild = True  # its view is made from base and log when first read
-    return board, sources
+    return board, sources  # (its view is made from base and log when first read)
 
 
 __all__ = ["MAGIC", "StoreError", "dump", "load", "Entry"]
