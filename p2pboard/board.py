@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import xxhash
 
-from .ops import BACKGROUND, UNDO_WINDOW, Clear, Image, Paint, Record, Toggle
+from .ops import BACKGROUND, UNDO_WINDOW, Clear, Image, Paint, Record, Toggle, side_by_side
 
 #: Most pixels kept in the log of not-yet-final operations (about 4 bytes each).
 LOG_PIXEL_CAP = 48 << 20
@@ -354,8 +354,11 @@ class Board:
             rec = Paint(rec.author, rec.opno, rec.lamport, rec.color, ix32)
             return Entry(key, rec, ix32, box, int(ix.size), (rec.author, rec.opno))
         if isinstance(rec, Image):
-            ih, iw = rec.rgba.shape[:2]
-            if rec.rgba.ndim != 3 or rec.rgba.shape[2] != 4 or ih == 0 or iw == 0:
+            shape = rec.shape
+            if len(shape) != 3 or shape[2] != (4 if rec.sub is None else 3):
+                return None
+            ih, iw = shape[:2]
+            if ih == 0 or iw == 0:
                 return None
             if rec.x < 0 or rec.y < 0 or rec.x + iw > w or rec.y + ih > h:
                 return None
@@ -585,7 +588,8 @@ class Board:
         painted as one rectangle, in one copy when nothing at or above their stamp lies
         under it. A NumPy call on a piece of a few hundred pixels costs a receiver that
         woke with cold caches several microseconds, as much as the copy (BENCHMARKS.md):
-        painting a band in one go saves four of them a piece. The view is a per-pixel
+        painting a band in one go saves four of them a piece, and pieces decoded from the
+        wire are un-filtered together (ops.side_by_side), not one by one. The view is a per-pixel
         maximum, so the order pieces are painted in does not change it. A piece waits only
         while its operation is visible (an undo or redo paints what waits first), so it is
         painted even if it has meanwhile been folded into the base: it shows either way;
@@ -611,7 +615,7 @@ class Board:
         lies under it, and decides ties pixel by pixel otherwise."""
         e = run[0]
         if len(run) > 1:
-            rgba = np.concatenate([r.rec.rgba for r in run], axis=1)
+            rgba = side_by_side([r.rec for r in run])
             x0, y0, _, y1 = e.box
             band = Image(e.rec.author, e.rec.opno, e.rec.lamport, x0, y0, rgba)
             e = Entry(e.key, band, None, (x0, y0, run[-1].box[2], y1),

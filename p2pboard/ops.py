@@ -53,20 +53,80 @@ class Paint:
         return make_stamp(self.lamport, self.author)
 
 
-@dataclass(frozen=True, slots=True, eq=False)
 class Image:
-    """A rectangle of pixels, each with its own colour: a pasted image (or a band of it)."""
+    """A rectangle of pixels, each with its own colour: a pasted image (or a band of it).
 
-    author: int
-    opno: int
-    lamport: int
-    x: int  #: left column on the board
-    y: int  #: top row on the board
-    rgba: np.ndarray = field(repr=False)  #: uint8 array (h, w, 4), fully on the board
+    ``rgba`` is a uint8 array (h, w, 4), fully on the board. A piece decoded from a
+    datagram may keep its pixels as the wire carries them until something reads
+    ``rgba``: ``sub``, opaque RGB with the PNG Sub filter along each row (each pixel the
+    difference from its left neighbour, modulo 256; the first column as it is), uint8
+    (h, w, 3). Reading ``rgba`` un-filters them then, once. Why: on a receiver woken
+    with cold caches every NumPy call on a strip of a few hundred pixels costs several
+    microseconds, and :func:`side_by_side` un-filters a whole run of a band's strips
+    in one pass when the board paints them together (board.py).
+
+    Treat it as immutable: the pixels are shared, not copied."""
+
+    __slots__ = ("author", "opno", "lamport", "x", "y", "_rgba", "sub")
+
+    def __init__(self, author: int, opno: int, lamport: int, x: int, y: int,
+                 rgba: np.ndarray | None = None, *, sub: np.ndarray | None = None) -> None:
+        if (rgba is None) == (sub is None):
+            raise TypeError("an Image takes its pixels as rgba or as sub, one of the two")
+        self.author = author  #: peer id of the author (u32)
+        self.opno = opno
+        self.lamport = lamport
+        self.x = x  #: left column on the board
+        self.y = y  #: top row on the board
+        self._rgba = rgba
+        self.sub = sub  #: the Sub-filtered RGB still to un-filter, or None
+
+    @property
+    def rgba(self) -> np.ndarray:
+        rgba = self._rgba
+        if rgba is None:
+            sub = self.sub
+            if sub is None:  # another thread un-filtered it just now
+                return self._rgba
+            rgba = np.empty(sub.shape[:2] + (4,), np.uint8)
+            np.add.accumulate(sub, axis=1, dtype=np.uint8, out=rgba[..., :3])
+            rgba[..., 3] = 255
+            self._rgba = rgba
+            self.sub = None
+        return rgba
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """(h, w, channels) of the pixels as held (channels: 4, or 3 while filtered)."""
+        rgba = self._rgba
+        return (self.sub if rgba is None else rgba).shape
 
     @property
     def stamp(self) -> int:
         return make_stamp(self.lamport, self.author)
+
+    def __repr__(self) -> str:
+        h, w = self.shape[:2]
+        return (f"Image(author={self.author}, opno={self.opno}, lamport={self.lamport}, "
+                f"x={self.x}, y={self.y}, {w}x{h})")
+
+
+def side_by_side(images: list[Image]) -> np.ndarray:
+    """The rgba of pictures of equal height placed left to right, as one array. Pieces
+    still Sub-filtered are un-filtered together, in one pass over all of them: the sum
+    along each row runs across the joins, and each piece then takes off what the pieces
+    left of it added (the running sum at its first column's left neighbour), which
+    modulo 256 leaves exactly its own sum."""
+    if len(images) == 1 or any(im.sub is None for im in images):
+        return np.concatenate([im.rgba for im in images], axis=1)
+    f = np.concatenate([im.sub for im in images], axis=1)
+    starts = np.cumsum([0] + [im.sub.shape[1] for im in images[:-1]])
+    # each piece's first column made relative to the last of the piece before it
+    f[:, starts[1:]] -= np.add.reduceat(f, starts, axis=1, dtype=np.uint8)[:, :-1]
+    rgba = np.empty(f.shape[:2] + (4,), np.uint8)
+    np.add.accumulate(f, axis=1, dtype=np.uint8, out=rgba[..., :3])
+    rgba[..., 3] = 255
+    return rgba
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,8 +69,15 @@ def make_history(rng: random.Random, authors=(1, 2, 3), n_ops=30, twins: float =
             band = np.array([[[rng.randrange(256) for _ in range(4)] for _ in range(8)]
                              for _ in range(2)], dtype=np.uint8)
             cuts = sorted(rng.sample(range(1, 8), 3))
-            rec_list = [Image(a, s["opno"], lamport, x + c0, y, band[:, c0:c1].copy())
-                        for c0, c1 in zip([0] + cuts, cuts + [8])]
+            if rng.random() < 0.5:
+                rec_list = [Image(a, s["opno"], lamport, x + c0, y, band[:, c0:c1].copy())
+                            for c0, c1 in zip([0] + cuts, cuts + [8])]
+            else:
+                band[..., 3] = 255
+                # opaque, as a received photo: still Sub-filtered, un-filtered when painted
+                # (a run of strips in one pass, ops.side_by_side) or read
+                rec_list = [Image(a, s["opno"], lamport, x + c0, y, sub=sub_filter(band[:, c0:c1]))
+                            for c0, c1 in zip([0] + cuts, cuts + [8])]
         else:
             color = (rng.randrange(256), rng.randrange(256), rng.randrange(256), 255)
             pix = np.unique(np.array([rng.randrange(W * H) for _ in range(rng.randrange(1, 40))]))
@@ -86,6 +93,30 @@ def make_history(rng: random.Random, authors=(1, 2, 3), n_ops=30, twins: float =
                 idx += 1  # another record of the same datagram
             recs.append((a, s["seq"], idx, r))
     return recs
+
+
+def sub_filter(rgba: np.ndarray) -> np.ndarray:
+    """The RGB of an opaque picture as the wire carries it: each pixel the difference
+    from its left neighbour, modulo 256 (the first column as it is)."""
+    f = rgba[..., :3].copy()
+    f[:, 1:] = rgba[:, 1:, :3] - rgba[:, :-1, :3]
+    return f
+
+
+def pixels_of(r: Image) -> list[list[tuple]]:
+    """An image's RGBA rows by the definition, in plain Python; one still Sub-filtered
+    (``sub``) is summed along its rows here, without reading ``rgba`` (which would
+    un-filter the record before the boards under test see it)."""
+    if r.sub is None:
+        return [[tuple(int(v) for v in px) for px in row] for row in r.rgba]
+    rows = []
+    for row in r.sub.tolist():
+        acc, out = [0, 0, 0], []
+        for px in row:
+            acc = [(a + v) % 256 for a, v in zip(acc, px)]
+            out.append((*acc, 255))
+        rows.append(out)
+    return rows
 
 
 def oracle(recs) -> np.ndarray:
@@ -116,10 +147,9 @@ def oracle(recs) -> np.ndarray:
             for p in range(W * H):
                 offer(p, r.stamp, BACKGROUND)
         else:
-            h, w = r.rgba.shape[:2]
-            for y in range(h):
-                for x in range(w):
-                    offer((r.y + y) * W + r.x + x, r.stamp, r.rgba[y, x])
+            for y, row in enumerate(pixels_of(r)):
+                for x, px in enumerate(row):
+                    offer((r.y + y) * W + r.x + x, r.stamp, px)
     return np.array([c for _, c in best], np.uint8).reshape(H, W, 4)
 
 

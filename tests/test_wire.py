@@ -11,7 +11,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2pboard import wire
+from p2pboard import ops, wire
 from p2pboard.ops import Clear, Image, Paint, Toggle
 
 W, H = 200, 120
@@ -102,10 +102,33 @@ def test_image_round_trip(w, h, x, y, kind, opaque):
         assert enc in ((wire.IMG_RGB_SUB_ZSTD, wire.IMG_RAW) if (frag.rgba[..., 3] == 255).all()
                        else (wire.IMG_SUB_ZSTD, wire.IMG_RAW))
         (dec,) = decode([rec])
+        # an opaque compressed piece stays Sub-filtered until read (ops.Image)
+        assert (dec.sub is not None) == (enc == wire.IMG_RGB_SUB_ZSTD)
         assert dec.rgba.dtype == np.uint8 and np.array_equal(dec.rgba, frag.rgba)
+        assert dec.sub is None and dec.shape == frag.rgba.shape
         hh, ww = dec.rgba.shape[:2]
         board[dec.y:dec.y + hh, dec.x:dec.x + ww] = dec.rgba
     assert np.array_equal(board[y:y + h, x:x + w], rgba)
+
+
+def test_strips_still_filtered_are_unfiltered_together():
+    """ops.side_by_side: a band's strips as decoded (Sub-filtered, each piece's first
+    column as it is) give the band, in one pass or mixed with pieces already read, and
+    are left as they were."""
+    rng = np.random.default_rng(11)
+    band = rng.integers(0, 256, (5, 180, 4), dtype=np.uint8)
+    band[..., 3] = 255
+    pieces = [dec for rec, _ in wire.encode_image(Image(ME, 1, 1, 0, 0, band), budget=300)
+              for dec in decode([rec])]
+    assert len(pieces) > 3 and all(p.sub is not None and p.y == 0 for p in pieces)
+    assert np.array_equal(ops.side_by_side(pieces), band)
+    assert all(p.sub is not None for p in pieces)  # nothing un-filtered one by one
+    pieces[1].rgba  # read: un-filtered by itself
+    assert np.array_equal(ops.side_by_side(pieces), band)
+    with pytest.raises(TypeError):
+        Image(ME, 1, 1, 0, 0)
+    with pytest.raises(TypeError):
+        Image(ME, 1, 1, 0, 0, band, sub=band[..., :3])
 
 
 def test_an_opaque_photo_costs_less_without_alpha():
