@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -75,6 +76,20 @@ def _points(points: Iterable[Sequence[float]]) -> np.ndarray:
     return np.clip(np.rint(arr), -raster.LIMIT, raster.LIMIT).astype(np.int64)
 
 
+def _point(point: Sequence[float]) -> tuple[int, int]:
+    """One point as :func:`_points` makes it (rounded half to even, clipped), in plain
+    Python: a stroke adds one at mouse rate, and five NumPy calls on a single point
+    cost a drawing peer woken with cold caches about 30 us of its 150 a point."""
+    try:
+        x, y = float(point[0]), float(point[1])
+    except (TypeError, ValueError, IndexError) as err:
+        raise ValueError(f"point {point!r} is not two numbers") from err
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise ValueError("points must be finite numbers")
+    lim = raster.LIMIT
+    return min(max(round(x), -lim), lim), min(max(round(y), -lim), lim)
+
+
 class Stroke:
     """A stroke being drawn: one operation (one undo step) that grows point by point."""
 
@@ -87,9 +102,8 @@ class Stroke:
 
     def add(self, point: Sequence[float]) -> None:
         """Extend the stroke to ``point``: the new segment goes out (as geometry) at once."""
-        (x, y), = _points([point])
+        p = _point(point)
         b = self._board
-        p = (int(x), int(y))
         pts = [p] if self._last is None else [self._last, p]
         self._last = p
         b.engine.extend_stroke(self.opno, pts, self.width, self.color, b._now())

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pboard import raster
+from p2pboard import api, raster
 
 W, H = 40, 30
 
@@ -72,6 +72,23 @@ def test_points_and_limits():
         raster.stroke_pixels([(0, 0)], raster.MAX_WIDTH + 1, W, H)
     with pytest.raises(ValueError):
         raster.stroke_pixels([(0, 0), (10**9, 0)], 3, W, H)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.tuples(st.floats(allow_nan=True, allow_infinity=True), st.floats()
+                 | st.integers(-10**20, 10**20)))
+def test_a_stroke_point_is_made_as_a_list_of_points_is(p):
+    """api._point (a stroke's next point, in plain Python) rounds and clips as
+    api._points does (NumPy, for whole lists), and refuses what it refuses."""
+    try:
+        want = tuple(int(v) for v in api._points([p])[0])
+    except ValueError:
+        with pytest.raises(ValueError):
+            api._point(p)
+    else:
+        assert api._point(p) == want
+    with pytest.raises(ValueError):
+        api._point(("a", 1))
 
 
 far = st.integers(-raster.LIMIT, raster.LIMIT)
