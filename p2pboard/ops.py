@@ -18,6 +18,7 @@ Colours are RGBA tuples of four ints in 0..255. Pixel positions are flat indices
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -120,7 +121,7 @@ def side_by_side(images: list[Image]) -> np.ndarray:
     if len(images) == 1 or any(im.sub is None for im in images):
         return np.concatenate([im.rgba for im in images], axis=1)
     f = np.concatenate([im.sub for im in images], axis=1)
-    starts = np.cumsum([0] + [im.sub.shape[1] for im in images[:-1]])
+    starts = [0, *itertools.accumulate(im.sub.shape[1] for im in images[:-1])]
     # each piece's first column made relative to the last of the piece before it
     f[:, starts[1:]] -= np.add.reduceat(f, starts, axis=1, dtype=np.uint8)[:, :-1]
     rgba = np.empty(f.shape[:2] + (4,), np.uint8)
