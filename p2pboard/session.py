@@ -33,7 +33,7 @@ someone else's repair goes out first. Repairs are the original bytes, so any cop
 good as the author's. Anything that cannot be repaired (evicted everywhere, too far
 behind) is healed with a snapshot.
 
-*Parity.* Datagrams form blocks of 16 by number. For a block its author has sent in full,
+*Parity.* Datagrams form blocks of 8 by number (wire.FEC_K). For a block its author has sent in full,
 a receiver names in its NACK only as many missing datagrams as it lacks symbols, with the
 PARITY flag; the author answers with that many new Reed-Solomon parity datagrams
 (``fec.py``), and every receiver rebuilds its own losses from them, so one parity datagram
@@ -703,7 +703,7 @@ class Engine:
 
     def _fast_block(self, now: float) -> bool:
         """Does the block now completing get proactive parity? Only one sent faster than a
-        NACK comes back: strokes fill a block in a tenth of a second, and their receivers
+        NACK comes back: strokes fill a block in a fifteenth of a second, and their receivers
         have asked for (and got) what they lost long before it ends."""
         return self.proactive > 0 and now - self._block_at <= max(self._d, PROACTIVE_SPAN)
 

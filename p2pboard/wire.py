@@ -45,7 +45,7 @@ MAGIC = b"PB"
 #: 7: the board digest is XXH3-128, not BLAKE2b.
 #: 8: a SNAP_META without length claims a request (the offer follows once the snapshot
 #:    is built); a SNAP_NACK without ranges withdraws from a snapshot offered.
-VERSION = 8
+VERSION = 9
 #: Largest UDP payload we send or accept: survives VPNs, tunnels and Wi-Fi unfragmented.
 MAX_DATAGRAM = 1200
 
@@ -148,7 +148,7 @@ CURSOR = struct.Struct("!HHB")  # x y flags
 #: Reed-Solomon combination of a block's symbols (zfec, systematic, indices FEC_K..255).
 #: A symbol is a DATA datagram's body with its 2-byte length in front, zero-padded to
 #: the block's longest.
-FEC_K = 16
+FEC_K = 8
 FEC_N = 256
 PARITY = struct.Struct("!IBBH")  # block k index symbol_len ; then the symbol
 PARITY_EXTRA = PARITY.size + 2

@@ -377,7 +377,8 @@ def test_parity_and_the_nacks_parity_flag_round_trip():
     h = wire.decode_header(d)
     assert (h.type, h.sender, h.seq) == (wire.MsgType.PARITY, ME, 99)
     assert wire.decode_parity(d[wire.HEADER.size:]) == p
-    assert list(p.seqs) == list(range(12345 * 16 + 1, 12346 * 16 + 1))
+    k = wire.FEC_K
+    assert list(p.seqs) == list(range(12345 * k + 1, 12346 * k + 1))
     n = wire.Nack(7, 5, ((10, 3),), parity=True)
     assert wire.decode_nack(wire.encode_nack(ME, 1, SIZE, n)[wire.HEADER.size:]) == n
     plain = wire.Nack(7, 5, ((10, 3),))
@@ -385,7 +386,8 @@ def test_parity_and_the_nacks_parity_flag_round_trip():
 
 
 def test_only_parity_may_exceed_max_datagram_and_by_no_more_than_its_extra():
-    longest = wire.encode_parity(ME, 1, SIZE, wire.Parity(0, 16, bytes(wire.BODY_BUDGET + 2)))
+    longest = wire.encode_parity(ME, 1, SIZE,
+                                 wire.Parity(0, wire.FEC_K, bytes(wire.BODY_BUDGET + 2)))
     assert len(longest) == wire.MAX_WIRE
     wire.decode_header(longest)
     with pytest.raises(wire.DecodeError):
@@ -397,11 +399,12 @@ def test_only_parity_may_exceed_max_datagram_and_by_no_more_than_its_extra():
 
 @pytest.mark.parametrize("body", [
     b"",
-    wire.PARITY.pack(1, 16, 16, 3) + b"ab",  # symbol shorter than it says
-    wire.PARITY.pack(1, 8, 16, 3) + b"abc",  # another block size
-    wire.PARITY.pack(1, 16, 15, 3) + b"abc",  # a data index, not a parity one
-    wire.PARITY.pack(1, 16, 16, 2000) + bytes(2000),  # longer than any body
-    wire.PARITY.pack(0xFFFFFFFF, 16, 16, 3) + b"abc",  # seqs past 2^32
+    wire.PARITY.pack(1, wire.FEC_K, wire.FEC_K, 3) + b"ab",  # symbol shorter than it says
+    wire.PARITY.pack(1, 2 * wire.FEC_K, wire.FEC_K, 3) + b"abc",  # another block size
+    wire.PARITY.pack(1, wire.FEC_K // 2, wire.FEC_K, 3) + b"abc",  # another block size
+    wire.PARITY.pack(1, wire.FEC_K, wire.FEC_K - 1, 3) + b"abc",  # a data index, not parity
+    wire.PARITY.pack(1, wire.FEC_K, wire.FEC_K, 2000) + bytes(2000),  # longer than any body
+    wire.PARITY.pack(0xFFFFFFFF, wire.FEC_K, wire.FEC_K, 3) + b"abc",  # seqs past 2^32
 ])
 def test_malformed_parity_raises_decodeerror(body):
     with pytest.raises(wire.DecodeError):
