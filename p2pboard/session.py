@@ -33,11 +33,11 @@ someone else's repair goes out first. Repairs are the original bytes, so any cop
 good as the author's. Anything that cannot be repaired (evicted everywhere, too far
 behind) is healed with a snapshot.
 
-*Parity.* Datagrams form blocks of 8 by number (wire.FEC_K). For a block its author has sent in full,
-a receiver names in its NACK only as many missing datagrams as it lacks symbols, with the
-PARITY flag; the author answers with that many new Reed-Solomon parity datagrams
-(``fec.py``), and every receiver rebuilds its own losses from them, so one parity datagram
-repairs a different loss at each receiver. Under loss the author also sends parity right
+*Parity.* Datagrams form blocks of 8 by number (``wire.FEC_K``). For a block its author has
+sent in full, a receiver names in its NACK only as many missing datagrams as it lacks
+symbols, with the PARITY flag; the author answers with that many new Reed-Solomon parity
+datagrams (``fec.py``), and every receiver rebuilds its own losses from them, so one parity
+datagram repairs a different loss at each receiver. Under loss the author also sends parity right
 behind each block before anyone asks (``_adapt_parity``), as much as its lossiest receiver
 needs: at least what the loss the receivers report in their session messages calls for
 (``loss.py``), more when NACKs show it is short. A receiver with datagrams waiting in its
