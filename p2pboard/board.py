@@ -583,17 +583,17 @@ class Board:
 
     def _flush(self) -> None:
         """Paint the pieces waiting in _pending. A paste arrives as bands of rows, each cut
-        into column strips, one a datagram: strips of one band that follow each other
-        (same operation and stamp, same rows, each starting where the last ended) are
-        painted as one rectangle, in one copy when nothing at or above their stamp lies
-        under it. A NumPy call on a piece of a few hundred pixels costs a receiver that
-        woke with cold caches several microseconds, as much as the copy (BENCHMARKS.md):
-        painting a band in one go saves four of them a piece, and pieces decoded from the
-        wire are un-filtered together (ops.side_by_side), not one by one. The view is a per-pixel
-        maximum, so the order pieces are painted in does not change it. A piece waits only
-        while its operation is visible (an undo or redo paints what waits first), so it is
-        painted even if it has meanwhile been folded into the base: it shows either way;
-        a rebuild of the view (_sync) paints everything and drops what waits."""
+        into column strips, one a datagram: strips of one band that follow each other (same
+        operation and stamp, same rows, each starting where the last ended) are painted as
+        one rectangle, in one copy when nothing at or above their stamp lies under it. A
+        NumPy call on a piece of a few hundred pixels costs a receiver that woke with cold
+        caches several microseconds, as much as the copy (BENCHMARKS.md): painting a band in
+        one go saves four of them a piece, and pieces decoded from the wire are un-filtered
+        together (ops.side_by_side), not one by one. The view is a per-pixel maximum, so the
+        order pieces are painted in does not change it. A piece waits only while its
+        operation is visible (an undo or redo paints what waits first), so it is painted
+        even if it has meanwhile been folded into the base: it shows either way; a rebuild
+        of the view (_sync) paints everything and drops what waits."""
         pending, self._pending = self._pending, []
         run: list[Entry] = []
         for e in pending:

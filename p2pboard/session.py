@@ -37,11 +37,11 @@ behind) is healed with a snapshot.
 sent in full, a receiver names in its NACK only as many missing datagrams as it lacks
 symbols, with the PARITY flag; the author answers with that many new Reed-Solomon parity
 datagrams (``fec.py``), and every receiver rebuilds its own losses from them, so one parity
-datagram repairs a different loss at each receiver. Under loss the author also sends parity right
-behind each block before anyone asks (``_adapt_parity``), as much as its lossiest receiver
-needs: at least what the loss the receivers report in their session messages calls for
-(``loss.py``), more when NACKs show it is short. A receiver with datagrams waiting in its
-receive queue does not NACK a gap whose block's parity may be among them.
+datagram repairs a different loss at each receiver. Under loss the author also sends parity
+right behind each block before anyone asks (``_adapt_parity``), as much as its lossiest
+receiver needs: at least what the loss the receivers report in their session messages calls
+for (``loss.py``), more when NACKs show it is short. A receiver with datagrams waiting in
+its receive queue does not NACK a gap whose block's parity may be among them.
 
 *Late join.* A new peer asks for a snapshot (SNAP_REQ). A synced peer answers after a short
 random delay unless another answered first: SNAP_META, then the state (store.dump) in

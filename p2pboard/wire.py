@@ -45,6 +45,7 @@ MAGIC = b"PB"
 #: 7: the board digest is XXH3-128, not BLAKE2b.
 #: 8: a SNAP_META without length claims a request (the offer follows once the snapshot
 #:    is built); a SNAP_NACK without ranges withdraws from a snapshot offered.
+#: 9: parity blocks of 8 DATA datagrams (FEC_K), not 16.
 VERSION = 9
 #: Largest UDP payload we send or accept: survives VPNs, tunnels and Wi-Fi unfragmented.
 MAX_DATAGRAM = 1200
