@@ -89,10 +89,7 @@ class Image:
             sub = self.sub
             if sub is None:  # another thread un-filtered it just now
                 return self._rgba
-            rgba = np.empty(sub.shape[:2] + (4,), np.uint8)
-            np.add.accumulate(sub, axis=1, dtype=np.uint8, out=rgba[..., :3])
-            rgba[..., 3] = 255
-            self._rgba = rgba
+            rgba = self._rgba = _opaque_unfiltered(sub)
             self.sub = None
         return rgba
 
@@ -124,8 +121,14 @@ def side_by_side(images: list[Image]) -> np.ndarray:
     starts = [0, *itertools.accumulate(im.sub.shape[1] for im in images[:-1])]
     # each piece's first column made relative to the last of the piece before it
     f[:, starts[1:]] -= np.add.reduceat(f, starts, axis=1, dtype=np.uint8)[:, :-1]
-    rgba = np.empty(f.shape[:2] + (4,), np.uint8)
-    np.add.accumulate(f, axis=1, dtype=np.uint8, out=rgba[..., :3])
+    return _opaque_unfiltered(f)
+
+
+def _opaque_unfiltered(sub: np.ndarray) -> np.ndarray:
+    """The rgba of opaque RGB Sub-filtered along its rows: summed along each row (modulo
+    256, as the filter subtracted), alpha 255."""
+    rgba = np.empty(sub.shape[:2] + (4,), np.uint8)
+    np.add.accumulate(sub, axis=1, dtype=np.uint8, out=rgba[..., :3])
     rgba[..., 3] = 255
     return rgba
 
