@@ -260,6 +260,7 @@ def compare_main(argv: list[str]) -> int:
 
     def snapshot() -> dict:
         return dict(command="scripts/bench.py compare " + " ".join(argv), machine=machine(),
+                    cpus=len(os.sched_getaffinity(0)),  # the cores every peer shared
                     date=time.strftime("%Y-%m-%d %H:%M"),
                     seconds=round(time.monotonic() - t0, 1), results=bc.to_json(results))
 

@@ -151,3 +151,40 @@ def test_repeat_runs_the_systems_in_turns_and_pools_them(tmp_path):
     for x in results:
         assert x["converged"] and x["extra"]["rounds"] == 2
         assert len(x["extra"]["latency_p99_ms_rounds"]) == 2 and x["latency_p99_ms"] > 0
+
+
+def test_the_bulk_budget_is_the_ceilings_time_over_08_shared_by_every_receivers_datagram():
+    """What 80% of the socket ceiling leaves a receiver, from a run's own figures: the cores'
+    CPU in the allowed time, less the cheaper multicast author's, per receiver per datagram,
+    and which receivers that is enough for."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_report
+
+    def cell(system, image_s, sender, receiver, datagrams=3000):
+        return dict(workload="image-4", system=system, rate="1gbit", peers=5,
+                    image_seconds=image_s, wire_datagrams=datagrams * 2, sender_cpu_s=sender,
+                    receiver_cpu_s_mean=receiver, extra={"rounds": 2})
+
+    def data(ceiling_s, cpus=2):
+        return {"machine": f"{cpus} CPUs (x), Linux", "results": [
+            cell("socket", ceiling_s, 0.01, 0.006), cell("mcast", 0.3, 0.12, 0.06),
+            cell("p2pboard", 0.4, 0.2, 0.09)]}
+
+    b = bench_report.bulk_budget(data(0.4), "image-4", "1gbit")
+    # 0.5 s allowed, 1.0 CPU second on 2 cores, less plain's author (0.12 s), over 4 x 3000
+    assert (b["cores"], b["receivers"], b["datagrams"]) == (2, 4, 3000)
+    assert b["allowed_s"] == pytest.approx(0.5) and b["author_cpu_s"] == 0.12
+    assert b["left_us"] == pytest.approx(0.88 / 12000 * 1e6)  # 73.3 us
+    assert b["cost_us"] == pytest.approx({"socket": 2.0, "mcast": 20.0, "p2pboard": 30.0})
+    assert b["reach"] == "yes"
+    assert bench_report.bulk_budget(data(0.15), "image-4", "1gbit")["reach"] == (
+        "for plain multicast, not for p2pboard")  # 0.255 s over 12000: 21.3 us
+    assert bench_report.bulk_budget(data(0.1), "image-4", "1gbit")["reach"] == (
+        "not for plain multicast either")  # 12.7 us
+    assert bench_report.bulk_budget(data(0.05), "image-4", "1gbit")["reach"] == (
+        "no: less than reading alone costs")  # 0.125 CPU s less 0.12: 0.4 us
+    assert bench_report.bulk_budget(data(0.04), "image-4", "1gbit")["reach"] == (
+        "no: the author's CPU alone is more")  # 0.1 CPU s
+    with_cpus = data(0.05, cpus=1) | {"cpus": 8}  # the JSON's own count wins
+    assert bench_report.bulk_budget(with_cpus, "image-4", "1gbit")["cores"] == 8
+    assert bench_report.bulk_budget(data(0.4) | {"machine": "?"}, "image-4", "1gbit") is None
