@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, gcpause
 from .config import DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_RATE, Config, ConfigError, parse_size
 from .events import (JoinComplete, OtherBoard, PeerJoined, PeerLeft, SizeMismatch,
                      Unrecoverable, VersionMismatch)
@@ -140,17 +140,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def open_with_autosave(config: Config, autosave: bool, data_dir: str | None):
-    """start_board, falling back to no autosave (with a message) if the folder is unusable."""
+    """start_board, falling back to no autosave (with a message) if the folder is unusable;
+    then the start-up objects are exempted from garbage collection (gcpause.py)."""
     from .api import start_board
     from .autosave import DataDirError, SlotsTaken
 
+    board = None
     if autosave:
         try:
-            return await start_board(config=config, wait_join=False, autosave=True,
-                                     data_dir=data_dir)
+            board = await start_board(config=config, wait_join=False, autosave=True,
+                                      data_dir=data_dir)
         except (DataDirError, SlotsTaken) as err:
             print(f"p2pboard: autosave off: {err}", file=sys.stderr)
-    return await start_board(config=config, wait_join=False)
+    if board is None:
+        board = await start_board(config=config, wait_join=False)
+    gcpause.freeze_startup()
+    return board
 
 
 async def run_headless(config: Config, save: str | None, autosave: bool = True,

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import numpy as np  # noqa: E402
 
 import bench_systems as bs  # noqa: E402
-from p2pboard import wire  # noqa: E402
+from p2pboard import gcpause, wire  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 POINT_INTERVAL = 1 / 120  # mouse rate
@@ -186,6 +186,8 @@ class P2pPeer(Common):
         self.board = await self.p2p.start_board(group=c["group"], port=c["port"],
                                                 iface=c["addrs"][self.i], name=f"b{self.i}",
                                                 size=self.size)
+        # as the app does once its board is open (cli.open_with_autosave)
+        gcpause.freeze_startup()
         eng = self.board.engine
         apply, times = eng.board.apply, self.times
         me = eng.id
