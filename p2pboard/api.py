@@ -206,6 +206,11 @@ class Board:
         return self.edge.rejoined_at if self.edge is not None else None
 
     @property
+    def closed(self) -> bool:
+        """Closed (:meth:`aclose`), or never had a socket."""
+        return self.edge is None or self.edge.closed
+
+    @property
     def joining(self) -> bool:
         return self.engine.joining
 
@@ -383,7 +388,7 @@ class Board:
     async def aclose(self) -> None:
         """Save the board (autosave), say goodbye (after sending what is queued) and close
         the socket."""
-        if self.edge is None or self.edge.closed:
+        if self.closed:
             return
         if self.autosaver is not None:
             await self.autosaver.aclose()

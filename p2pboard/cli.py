@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
 async def open_with_autosave(config: Config, autosave: bool, data_dir: str | None):
     """start_board, falling back to no autosave (with a message) if the folder is unusable;
-    then the start-up objects are exempted from garbage collection (gcpause.py)."""
+    then the collector's full collections move to quiet moments (gcpause.py)."""
     from .api import start_board
     from .autosave import DataDirError, SlotsTaken
 
@@ -155,6 +155,7 @@ async def open_with_autosave(config: Config, autosave: bool, data_dir: str | Non
     if board is None:
         board = await start_board(config=config, wait_join=False)
     gcpause.freeze_startup()
+    gcpause.start(board)
     return board
 
 

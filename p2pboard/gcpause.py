@@ -1,35 +1,131 @@
-"""Keeping the garbage collector's full collections short.
+"""Keeping the garbage collector's full collections out of the way of drawing.
 
 CPython frees most objects by reference counting; its cycle collector runs besides, by
-generations, and every so often a full collection walks every object the collector
-tracks. Most of those are start-up objects that live as long as the process: modules,
-classes, functions, the UI's widgets. A full collection of a headless peer after a few
-seconds of drawing walked about 36,000 objects, 23,000 of them from start-up, and took
-14-17 ms of CPU, during which the peer reads nothing: in the 8-peer stroke benchmark all
-peers, allocating alike, collected at the same moment, and that stall of 40-70 ms was
-the run's p99 latency (11.7 ms against 3.5 without it, docs/BENCHMARKS.md). A peer with
-the Kivy window tracks several times as many start-up objects.
+generations, and every so often a full collection walks every object it tracks, while
+the peer reads nothing. Two kinds of object make those walks long:
 
-:func:`freeze_startup` collects once and moves every object alive at that moment into
-the collector's permanent generation (``gc.freeze``), which no collection walks again:
-full collections then cost what the session made since. The app calls it once its
-board is open (cli.open_with_autosave, for the window and headless peers alike).
+* start-up objects that live as long as the process (modules, classes, functions, the
+  UI's widgets): about 23,000 in a headless peer, several times that with the window;
+* the board's log of operations that are not final yet (board.py): two tracked objects
+  per stroke segment, up to its cap of 48 million pixels, about 300,000 objects in a busy
+  room.
 
-Limits: an object frozen is never examined again, so a reference cycle that only becomes
-garbage later, among objects alive at the freeze, is never freed (those made and dropped
-at start-up are, by the collection just before). Objects the session keeps for long
-(the undo window's records) are still walked by every full collection; they are bounded
-by that window.
+A headless peer after a few seconds of drawing walked about 36,000 objects in 14-17 ms of
+CPU; in the 8-peer stroke benchmark every peer, allocating alike, did so at the same
+moment, and that stall of 40-70 ms made the run's p99 latency (docs/BENCHMARKS.md).
+CPython starts a full collection when what survived the younger generations since the
+last one exceeds a quarter of what the last one kept, so in a long busy session they come
+about once a minute, each longer than a frame.
+
+What the app does (:func:`freeze_startup`, once its board is open; cli.py):
+
+1. collect once and move every object alive at that moment into the permanent generation
+   (``gc.freeze``), which no collection walks again;
+2. defer automatic full collections (the third threshold set out of reach; the young
+   generations are collected as before, within microseconds);
+3. run the deferred ones itself (:class:`Deferred`, polled by :func:`collect_when_quiet`)
+   when the peer has been quiet, no datagram in or out, for :data:`QUIET` seconds, at most
+   every :data:`MIN_GAP` seconds; and after :data:`MAX_GAP` seconds without a quiet
+   moment, at once, so reference cycles that became garbage are freed within minutes
+   even in a room that never stops drawing.
+
+Limits: an object frozen at start-up is never examined again, so a reference cycle that
+only becomes garbage later among those objects is never freed (whatever start-up made and
+dropped is, by the collection just before the freeze). Between deferred collections,
+cyclic garbage waits: at most MAX_GAP seconds of it. Library users of
+:func:`p2pboard.start_board` keep Python's defaults unless they call these themselves.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
+from collections.abc import Callable
+
+#: the third threshold while full collections are deferred: never reached
+DEFER = 1 << 30
+#: seconds without a datagram in or out after which a deferred full collection may run
+QUIET = 0.5
+#: seconds at least between deferred full collections
+MIN_GAP = 30.0
+#: seconds at most: then one runs even while the peer is busy
+MAX_GAP = 300.0
+#: seconds between looks at the peer's activity
+POLL = 0.25
 
 
-def freeze_startup() -> int:
-    """Collect, then exempt every object alive now from later collections; the number of
-    objects now frozen (``gc.get_freeze_count()``)."""
+def freeze_startup(defer: bool = True) -> int:
+    """Collect, exempt every object alive now from later collections and (``defer``)
+    defer automatic full collections to :class:`Deferred`. The number of objects frozen."""
     gc.collect()
     gc.freeze()
+    if defer:
+        young, middle, _ = gc.get_threshold()
+        gc.set_threshold(young, middle, DEFER)
     return gc.get_freeze_count()
+
+
+def deferred() -> bool:
+    """Are automatic full collections deferred (by :func:`freeze_startup`)?"""
+    return gc.isenabled() and gc.get_threshold()[2] >= DEFER
+
+
+class Deferred:
+    """Decides when a deferred full collection runs. ``collect`` and ``pending`` (collections
+    of the middle generation since the last full one: whether anything could have become
+    garbage there) stand in for the gc module in tests."""
+
+    def __init__(self, now: float, collect: Callable[[int], int] = gc.collect,
+                 pending: Callable[[], int] = lambda: gc.get_count()[2],
+                 is_deferred: Callable[[], bool] = deferred) -> None:
+        self._collect = collect
+        self._pending = pending
+        self._is_deferred = is_deferred
+        self.last = now  #: when the last full collection ran (or when we started)
+        self._activity: int | None = None
+        self._quiet_since = now
+        self.collections = 0  #: full collections run
+        self.forced = 0  #: ... of which after MAX_GAP without a quiet moment
+        self.longest = 0.0  #: seconds the longest took
+
+    def poll(self, now: float, activity: int, clock: Callable[[], float] | None = None) -> bool:
+        """``activity``: a count that grows with the peer's work (datagrams in and out).
+        Runs a full collection if one is due; whether it did. ``clock`` times it."""
+        if activity != self._activity:
+            self._activity, self._quiet_since = activity, now
+        if not self._is_deferred() or self._pending() == 0:
+            return False
+        gap = now - self.last
+        forced = gap >= MAX_GAP
+        if not forced and (gap < MIN_GAP or now - self._quiet_since < QUIET):
+            return False
+        t = clock() if clock else 0.0
+        self._collect(2)
+        if clock:
+            self.longest = max(self.longest, clock() - t)
+        self.last = now
+        self.collections += 1
+        self.forced += forced
+        return True
+
+
+async def collect_when_quiet(board, every: float = POLL) -> None:
+    """Poll ``board`` (a :class:`p2pboard.api.Board`) for quiet moments and run the deferred
+    full collections in them, until it is closed."""
+    loop = asyncio.get_running_loop()
+    d = Deferred(loop.time())
+    while not board.closed:
+        await asyncio.sleep(every)
+        s = board.stats
+        d.poll(loop.time(), s["datagrams_received"] + s["datagrams_sent"], loop.time)
+
+
+_tasks: set[asyncio.Task] = set()
+
+
+def start(board) -> asyncio.Task:
+    """:func:`collect_when_quiet` as a task of the running loop (kept referenced here)."""
+    task = asyncio.ensure_future(collect_when_quiet(board))
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+    return task

@@ -409,6 +409,11 @@ def measure(res: Result, wl: Workload, system: str, procs, reports, srv, before,
                 last = max(last, t)
         last_by_receiver.append(max(last, r.get("t_merge") or 0.0))
     res.samples["latency"] = lats  # for pool(); not written to the JSON
+    # the garbage collector's full collections while the workload ran (JSON only): every
+    # peer reads nothing while one runs
+    if all("gc_full" in r for r in reports):
+        res.extra["gc_full_per_peer"] = round(statistics.mean(r["gc_full"] for r in reports), 2)
+        res.extra["gc_full_max_ms"] = round(1000 * max(r["gc_full_max_s"] for r in reports), 1)
     if wl.kind == "strokes":
         res.latency_p50_ms = ms(pct(lats, 50))
         res.latency_p99_ms = ms(pct(lats, 99))
@@ -538,6 +543,11 @@ def pool(rounds: list[Result]) -> Result:
         out.extra["cpu_percent_per_peer"] = round(statistics.mean(
             r.extra["cpu_percent_per_peer"] for r in ok), 1)
         out.extra["drawers"] = first.extra.get("drawers")
+    gcs = [r.extra for r in ok if "gc_full_per_peer" in r.extra]
+    if gcs:
+        out.extra["gc_full_per_peer"] = round(
+            statistics.mean(e["gc_full_per_peer"] for e in gcs), 2)
+        out.extra["gc_full_max_ms"] = max(e["gc_full_max_ms"] for e in gcs)
     if first.image_seconds is not None or any(r.image_seconds is not None for r in ok):
         # a time is only a time if every round delivered everything
         times = [r.image_seconds for r in ok]

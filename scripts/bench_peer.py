@@ -24,6 +24,7 @@ p2pboard the board's ``apply`` is wrapped to take these stamps; the library is u
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -86,6 +87,21 @@ class Common:
         #: image workloads count them, and elsewhere the bookkeeping (a header decoded
         #: again and a set grown, per datagram) would be CPU charged to the system measured
         self.track_seen = self.work["kind"] == "image"
+        #: full collections of the garbage collector since go: (count, longest in seconds)
+        self.gc_full = [0, 0.0]
+        self._gc_t = 0.0
+        gc.callbacks.append(self._gc_timed)
+
+    def _gc_timed(self, phase: str, info: dict) -> None:
+        """Time the full collections (every system's peers are Python processes: while
+        one runs, the peer reads nothing)."""
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._gc_t = time.perf_counter()
+        elif self.t_go:
+            self.gc_full[0] += 1
+            self.gc_full[1] = max(self.gc_full[1], time.perf_counter() - self._gc_t)
 
     def draws(self) -> bool:
         drawers = self.work.get("drawers")
@@ -103,6 +119,7 @@ class Common:
         """The workload starts: CPU and time count from here."""
         user, system = cpu_times()
         self.cpu_go, self.user_go, self.t_go = user + system, user, t
+        self.gc_full = [0, 0.0]
 
     def base_report(self) -> dict:
         user, system = cpu_times()
@@ -111,7 +128,8 @@ class Common:
         return dict(cpu=round(user + system - self.cpu_go, 4), cpu_total=user + system,
                     cpu_user=round(user - self.user_go, 4),
                     hwm_kb=peak_memory_kb(), t_go=self.t_go, t_start=self.t_start,
-                    cpus=sorted(os.sched_getaffinity(0)))
+                    cpus=sorted(os.sched_getaffinity(0)), gc_full=self.gc_full[0],
+                    gc_full_max_s=round(self.gc_full[1], 4))
 
 
 # ---------------------------------------------------------------------------- p2pboard
@@ -188,6 +206,7 @@ class P2pPeer(Common):
                                                 size=self.size)
         # as the app does once its board is open (cli.open_with_autosave)
         gcpause.freeze_startup()
+        gcpause.start(self.board)
         eng = self.board.engine
         apply, times = eng.board.apply, self.times
         me = eng.id
