@@ -24,7 +24,8 @@ What the app does (:func:`freeze_startup`, once its board is open; cli.py):
 2. defer automatic full collections (the third threshold set out of reach; the young
    generations are collected as before, within microseconds);
 3. run the deferred ones itself (:class:`Deferred`, polled by :func:`collect_when_quiet`)
-   when the peer has been quiet, no datagram in or out, for :data:`QUIET` seconds, at most
+   when the board has been quiet, no drawing in or out (DATA datagrams; heartbeats and
+   other control traffic do not count), for :data:`QUIET` seconds, at most
    every :data:`MIN_GAP` seconds; and after :data:`MAX_GAP` seconds without a quiet
    moment, at once, so reference cycles that became garbage are freed within minutes
    even in a room that never stops drawing.
@@ -44,7 +45,7 @@ from collections.abc import Callable
 
 #: the third threshold while full collections are deferred: never reached
 DEFER = 1 << 30
-#: seconds without a datagram in or out after which a deferred full collection may run
+#: seconds without drawing in or out after which a deferred full collection may run
 QUIET = 0.5
 #: seconds at least between deferred full collections
 MIN_GAP = 30.0
@@ -89,7 +90,7 @@ class Deferred:
         self.longest = 0.0  #: seconds the longest took
 
     def poll(self, now: float, activity: int, clock: Callable[[], float] | None = None) -> bool:
-        """``activity``: a count that grows with the peer's work (datagrams in and out).
+        """``activity``: a count that grows with the board's work (drawing in and out).
         Runs a full collection if one is due; whether it did. ``clock`` times it."""
         if activity != self._activity:
             self._activity, self._quiet_since = activity, now
@@ -116,8 +117,8 @@ async def collect_when_quiet(board, every: float = POLL) -> None:
     d = Deferred(loop.time())
     while not board.closed:
         await asyncio.sleep(every)
-        s = board.stats
-        d.poll(loop.time(), s["datagrams_received"] + s["datagrams_sent"], loop.time)
+        s = board.engine.stats  # (Board.stats would also read the kernel's counters)
+        d.poll(loop.time(), s.data_received + s.data_sent, loop.time)
 
 
 _tasks: set[asyncio.Task] = set()

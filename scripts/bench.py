@@ -193,7 +193,10 @@ def compare_main(argv: list[str]) -> int:
     ap.add_argument("--only", default="", help="run only these workloads (names, "
                     "comma-separated: strokes-8, image-16, image-16-loss10, latejoin, ...)")
     ap.add_argument("--stroke-peers", default="2,4,8,16")
-    ap.add_argument("--stroke-seconds", type=float, default=3.0)
+    # long enough that every system's peers go through the garbage collector's periodic
+    # full collections, as in any session (one every 4-10 s of drawing here): with 3 s they
+    # fell in the window only sometimes
+    ap.add_argument("--stroke-seconds", type=float, default=10.0)
     ap.add_argument("--image-receivers", default="4,16")
     ap.add_argument("--loss-receivers", type=int, default=16)
     ap.add_argument("--losses", default="1,10")

@@ -81,7 +81,7 @@ class Workload:
 
 
 def plan(quick: bool, stroke_peers=(2, 4, 8, 16), image_receivers=(4, 16),
-         loss_receivers=16, losses=(1, 10), stroke_seconds=3.0, idle_seconds=5.0,
+         loss_receivers=16, losses=(1, 10), stroke_seconds=10.0, idle_seconds=5.0,
          image=BOARD, timeout=60.0) -> list[Workload]:
     if quick:
         small = (640, 360)
@@ -422,6 +422,7 @@ def measure(res: Result, wl: Workload, system: str, procs, reports, srv, before,
         res.extra["cpu_percent_per_peer"] = round(
             100 * res.sender_cpu_s / (wl.seconds + elapsed), 1)
         res.extra["drawers"] = wl.drawers or wl.peers
+        res.extra["drawing_seconds"] = wl.seconds
     if wl.kind == "image":
         author = reports[0]
         res.sender_cpu_s = round(author["cpu"], 3)
@@ -543,6 +544,7 @@ def pool(rounds: list[Result]) -> Result:
         out.extra["cpu_percent_per_peer"] = round(statistics.mean(
             r.extra["cpu_percent_per_peer"] for r in ok), 1)
         out.extra["drawers"] = first.extra.get("drawers")
+        out.extra["drawing_seconds"] = first.extra.get("drawing_seconds")
     gcs = [r.extra for r in ok if "gc_full_per_peer" in r.extra]
     if gcs:
         out.extra["gc_full_per_peer"] = round(

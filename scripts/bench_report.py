@@ -213,6 +213,14 @@ def _spread(r, key) -> str:
     return " / ".join(_fmt(x) for x in v) if v else "–"
 
 
+def _gc(r) -> str:
+    """Full collections per peer while the workload ran, and the longest (ms)."""
+    n, longest = r["extra"].get("gc_full_per_peer"), r["extra"].get("gc_full_max_ms")
+    if n is None:
+        return "–"
+    return f"{_fmt(n)} ({_fmt(longest)} ms)" if n else "0"
+
+
 def _table(head: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -250,16 +258,23 @@ bytes per pixel on the wire once compressed, as the socket ceiling sends it). {_
         rows.append([r["rate"], r["workload"], sysname(r), _fmt(r["latency_p50_ms"]),
                      _fmt(r["latency_p99_ms"]), _spread(r, "latency_p99_ms_rounds"),
                      _fmt(r["bytes_per_pixel"]),
-                     _fmt(r["extra"].get("cpu_percent_per_peer"), "%"),
+                     _fmt(r["extra"].get("cpu_percent_per_peer"), "%"), _gc(r),
                      _fmt(r["peak_memory_mb"]), _fmt(r["converged"]) if r["ran"] else "failed"])
+    secs = {r["extra"].get("drawing_seconds") for r in res} - {None}
+    for_how_long = f"for {_fmt(secs.pop())} s" if len(secs) == 1 else "for the same time"
     parts.append("### Strokes at mouse rate\n\n`strokes-N`: N peers all drawing 120 points "
-                 "a second for the same time; `strokes-8x1`: 8 peers, one drawing. Latency "
+                 f"a second {for_how_long}; `strokes-8x1`: 8 peers, one drawing. Latency "
                  "from the author's local apply to each remote apply, over every (record, "
                  "receiver) pair. Bytes: IP bytes every host sent (headers, ACKs, control "
                  "included) per painted pixel. CPU: each peer's share of one core from go "
-                 "until everything was delivered.\n\n" + _table(
+                 "until everything was delivered. Full GCs: the garbage collector's full "
+                 "collections per peer in that time (every peer is a Python process, and "
+                 "reads nothing while one runs), and in brackets the longest, wall time "
+                 "(peers that allocate alike collect at the same moment, so it includes "
+                 "waiting for a core).\n\n" + _table(
                      ["rate", "workload", "system", "p50 ms", "p99 ms", "p99 ms by round",
-                      "bytes/pixel", "CPU per peer", "peak MB", "converged"], rows) +
+                      "bytes/pixel", "CPU per peer", "full GCs per peer", "peak MB",
+                      "converged"], rows) +
                  "\n\n![stroke latency](bench/strokes_latency.png)")
     rows = []
     for r in by(lambda r: r["workload"].startswith("image") and "loss" not in r["workload"]):

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""One peer of scripts/soak.py: a board opened with the public API, driven over stdin.
+"""One peer of scripts/soak.py: a board opened with the public API, driven over stdin,
+with the app's garbage-collector policy (p2pboard/gcpause.py).
 
 It answers one JSON object per line on stdout. Commands, one per line:
 
@@ -154,6 +155,13 @@ async def main(argv=None) -> None:
     task: asyncio.Task | None = None
     async with p2pboard.open_board(group=a.group, port=a.port, iface=a.iface, name=a.name,
                                    size=(w, h), **kw) as board:
+        try:  # as the app does once its board is open (cli.open_with_autosave)
+            from p2pboard import gcpause
+        except ImportError:  # an older p2pboard
+            gcpause = None
+        if gcpause is not None:
+            gcpause.freeze_startup()
+            gcpause.start(board)
         out(event="ready", id=board.id, pid=os.getpid(), autosave=autosave,
             digest=board.digest(), autosave_problem=getattr(board, "autosave_problem", None))
         while True:

@@ -91,7 +91,8 @@ def test_nothing_runs_when_nothing_could_be_garbage_or_collections_are_not_defer
 def test_the_poller_stops_when_the_board_closes():
     class FakeBoard:
         closed = False
-        stats = {"datagrams_received": 0, "datagrams_sent": 0}
+        engine = type("Engine", (), {"stats": type("Stats", (), {"data_received": 0,
+                                                                  "data_sent": 0})})
 
     async def main():
         b = FakeBoard()
