@@ -57,9 +57,12 @@ POLL = 0.25
 
 def freeze_startup(defer: bool = True) -> int:
     """Collect, exempt every object alive now from later collections and (``defer``)
-    defer automatic full collections to :class:`Deferred`. The number of objects frozen."""
-    gc.collect()
-    gc.freeze()
+    defer automatic full collections to :class:`Deferred`. The number of objects frozen.
+    Once per process: if objects are frozen already (a board opened again after a failed
+    start), nothing more is frozen, so that nothing of a session is."""
+    if not gc.get_freeze_count():
+        gc.collect()
+        gc.freeze()
     if defer:
         young, middle, _ = gc.get_threshold()
         gc.set_threshold(young, middle, DEFER)

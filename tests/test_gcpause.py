@@ -37,6 +37,9 @@ def test_freeze_exempts_what_is_alive_and_defers_full_collections(gc_restored):
     del a, b
     gc.collect()  # what Deferred runs
     assert gone() is None
+    later = _Node()
+    assert gcpause.freeze_startup() == frozen and gc.is_tracked(later)  # once per process
+    assert any(o is later for g in range(3) for o in gc.get_objects(g))  # not frozen
 
 
 def test_without_defer_the_thresholds_stay(gc_restored):
