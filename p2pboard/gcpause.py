@@ -91,11 +91,10 @@ class Deferred:
         self._quiet_since = now
         self.collections = 0  #: full collections run
         self.forced = 0  #: ... of which after MAX_GAP without a quiet moment
-        self.longest = 0.0  #: seconds the longest took
 
-    def poll(self, now: float, activity: int, clock: Callable[[], float] | None = None) -> bool:
+    def poll(self, now: float, activity: int) -> bool:
         """``activity``: a count that grows with the board's work (drawing in and out).
-        Runs a full collection if one is due; whether it did. ``clock`` times it."""
+        Runs a full collection if one is due; whether it did."""
         if activity != self._activity:
             self._activity, self._quiet_since = activity, now
         if not self._is_deferred() or self._pending() == 0:
@@ -104,10 +103,7 @@ class Deferred:
         forced = gap >= MAX_GAP
         if not forced and (gap < MIN_GAP or now - self._quiet_since < QUIET):
             return False
-        t = clock() if clock else 0.0
         self._collect(2)
-        if clock:
-            self.longest = max(self.longest, clock() - t)
         self.last = now
         self.collections += 1
         self.forced += forced
@@ -122,7 +118,7 @@ async def collect_when_quiet(board, every: float = POLL) -> None:
     while not board.closed:
         await asyncio.sleep(every)
         s = board.engine.stats  # (Board.stats would also read the kernel's counters)
-        d.poll(loop.time(), s.data_received + s.data_sent, loop.time)
+        d.poll(loop.time(), s.data_received + s.data_sent)
 
 
 _tasks: set[asyncio.Task] = set()

@@ -92,15 +92,26 @@ def test_nothing_runs_when_nothing_could_be_garbage_or_collections_are_not_defer
 
 
 def test_the_poller_stops_when_the_board_closes():
+    class Stats:
+        data_received = data_sent = 0
+
     class FakeBoard:
         closed = False
-        engine = type("Engine", (), {"stats": type("Stats", (), {"data_received": 0,
-                                                                  "data_sent": 0})})
+        polls = 0
+
+        @property
+        def engine(self):
+            self.polls += 1
+            return type("Engine", (), {"stats": Stats})
+
+    async def polled(b, n):
+        while b.polls < n:
+            await asyncio.sleep(0.001)
 
     async def main():
         b = FakeBoard()
         task = asyncio.ensure_future(gcpause.collect_when_quiet(b, every=0.001))
-        await asyncio.sleep(0.01)
+        await asyncio.wait_for(polled(b, 3), 1.0)  # it keeps polling while open
         assert not task.done()
         b.closed = True
         await asyncio.wait_for(task, 1.0)
