@@ -106,6 +106,9 @@ class Board:
         self._color: np.ndarray | None = self._base_color.copy() if view else None
         self._log: dict[tuple[int, int, int], Entry] = {}
         self._ops: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+        #: (author, opno) -> [x0, y0, x1, y1]: a box around every entry the operation has
+        #: had in the log (never shrunk), so that an undo looks only at operations near it
+        self._op_boxes: dict[tuple[int, int], list[int]] = {}
         self._heaps: dict[int, list[int]] = {}
         self._folded: dict[int, int] = {}
         self._toggles: dict[int, dict[int, tuple[int, bool]]] = {}
@@ -179,6 +182,7 @@ class Board:
         f._dirty = None
         f._log = dict(self._log)
         f._ops = {}
+        f._op_boxes = {}
         f._heaps = {}
         f._folded = dict(self._folded)
         f._toggles = {a: dict(regs) for a, regs in self._toggles.items()}
@@ -374,9 +378,19 @@ class Board:
         keys = self._ops.get(op)
         if keys is None:
             self._ops[op] = [e.key]
+            self._op_boxes[op] = list(e.box)
             heapq.heappush(self._heaps.setdefault(op[0], []), op[1])
         else:
             keys.append(e.key)
+            b, (x0, y0, x1, y1) = self._op_boxes[op], e.box
+            if x0 < b[0]:
+                b[0] = x0
+            if y0 < b[1]:
+                b[1] = y0
+            if x1 > b[2]:
+                b[2] = x1
+            if y1 > b[3]:
+                b[3] = y1
         self._live_pixels += e.size
 
     def _remove(self, key) -> Entry:
@@ -387,10 +401,12 @@ class Board:
             keys.remove(key)
             if not keys:
                 del self._ops[e.op]  # its heap item is skipped when popped
+                del self._op_boxes[e.op]
         return e
 
     def _fold_op(self, op, into_base: bool) -> None:
         keys = self._ops.pop(op, None)
+        self._op_boxes.pop(op, None)
         if not keys:
             return
         vis = self.visible(*op)
@@ -433,13 +449,13 @@ class Board:
             return False
         if old != rec.visible:
             self._sync()
-            for k in self._ops.get((rec.author, rec.target), ()):
-                e = self._log[k]
-                if rec.visible:
+            entries = [self._log[k] for k in self._ops.get((rec.author, rec.target), ())]
+            if rec.visible:
+                for e in entries:
                     self._paint(e, self._stamp, self._color)
-                else:
-                    self._recompute(e)
-                self._mark(e.box)
+                    self._mark(e.box)
+            elif entries:
+                self._hide(entries)
         return True
 
     def _forget_keys(self, upto: int) -> None:
@@ -540,28 +556,50 @@ class Board:
     def _paint(self, e: Entry, stamp, color) -> None:
         self._paint_into(e, stamp, color, self.width)
 
-    def _recompute(self, hidden: Entry) -> None:
-        """Rebuild the view where ``hidden`` was, from the base and the visible log."""
-        if isinstance(hidden.rec, Clear):
+    def _hide(self, hidden: list[Entry]) -> None:
+        """Rebuild the view where the entries of an operation just hidden won, from the
+        base and the visible log: the pixels they cover that still show their stamp (the
+        rest show something above it). One pass over the operations whose box meets
+        theirs, not over the whole log: in a room of 8 drawing for two minutes the log
+        holds over 100,000 entries, and a pass over it for each entry of the undone
+        stroke took a third of a second on every peer."""
+        if any(isinstance(e.rec, Clear) for e in hidden):
             self._rebuild = True
             self._sync()
             return
+        w = self.width
+        hx0 = min(e.box[0] for e in hidden)
+        hy0 = min(e.box[1] for e in hidden)
+        hx1 = max(e.box[2] for e in hidden)
+        hy1 = max(e.box[3] for e in hidden)
         only = np.zeros(self._n, dtype=bool)
-        if hidden.index is not None:
-            only[hidden.index] = True
-        else:
-            x0, y0, x1, y1 = hidden.box
-            only.reshape(self.height, self.width)[y0:y1, x0:x1] = True
-        self._stamp[only] = self._base_stamp[only]
-        self._color[only] = self._base_color[only]
-        hx0, hy0, hx1, hy1 = hidden.box
-        for e in self._log.values():
-            x0, y0, x1, y1 = e.box
-            if x0 >= hx1 or x1 <= hx0 or y0 >= hy1 or y1 <= hy0:
+        only2 = only.reshape(self.height, w)
+        for e in hidden:
+            if e.index is not None:
+                only[e.index] = True
+            else:
+                x0, y0, x1, y1 = e.box
+                only2[y0:y1, x0:x1] = True
+        # (one operation, one stamp: the segments of a stroke, the bands of a paste)
+        s = np.uint64(hidden[0].rec.stamp)
+        win = only2[hy0:hy1, hx0:hx1]
+        win &= self._stamp.reshape(self.height, w)[hy0:hy1, hx0:hx1] == s
+        rows, cols = np.nonzero(win)
+        at = (rows + hy0) * w + (cols + hx0)
+        self._stamp[at] = self._base_stamp[at]
+        self._color[at] = self._base_color[at]
+        log = self._log
+        for op, keys in self._ops.items():
+            x0, y0, x1, y1 = self._op_boxes[op]
+            if x0 >= hx1 or x1 <= hx0 or y0 >= hy1 or y1 <= hy0 or not self.visible(*op):
                 continue
-            if e is hidden or not self.visible(*e.op):
-                continue
-            self._paint_into(e, self._stamp, self._color, self.width, only)
+            for k in keys:
+                e = log[k]
+                x0, y0, x1, y1 = e.box
+                if x0 >= hx1 or x1 <= hx0 or y0 >= hy1 or y1 <= hy0:
+                    continue
+                self._paint_into(e, self._stamp, self._color, w, only)
+        self._mark((hx0, hy0, hx1, hy1))
 
     def _sync(self) -> None:
         """Bring the view up to date: the pieces waiting in _pending, or all of it."""

@@ -404,6 +404,61 @@ def test_clear_hides_older_and_undoing_it_brings_them_back():
     assert tuple(px[0]) == (1, 2, 3, 255)
 
 
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32))
+def test_undo_and_redo_leave_the_view_a_full_rebuild_would_give(seed):
+    """An undo repaints only the pixels the hidden operation won, from the operations
+    whose box meets it (Board._hide). On a board big enough for most operations to be far
+    apart, with strokes in pieces across datagrams, pictures, one author's twins (one
+    stamp, two operations) and operations folded into the base as they become final, the
+    view after every toggle is the one a rebuild from the base and the log gives."""
+    rng = random.Random(seed)
+    bw, bh = 64, 48
+    b = Board(bw, bh)
+    opno = {1: 0, 2: 0, 3: 0}
+    seq = {1: 0, 2: 0, 3: 0}
+    lamport = 0
+    mine: dict[int, list[int]] = {1: [], 2: [], 3: []}
+    hidden: set[tuple[int, int]] = set()
+    for _ in range(60):
+        a = rng.choice((1, 2, 3))
+        opno[a] += 1
+        targets = [t for t in mine[a] if opno[a] - t <= WINDOW]
+        if rng.random() < 0.35 and targets:
+            target = rng.choice(targets)
+            visible = (a, target) in hidden
+            (hidden.discard if visible else hidden.add)((a, target))
+            seq[a] += 1
+            assert b.apply(Toggle(a, opno[a], target, visible), a, seq[a], 0)
+            want = b.pixels.copy()
+            b._rebuild = True
+            assert np.array_equal(b.pixels, want), seed
+            continue
+        if not (rng.random() < 0.2 and mine[a]):
+            lamport += 1  # else a twin: the author's last Lamport time again
+        cx, cy = rng.randrange(bw), rng.randrange(bh)
+        if rng.random() < 0.2:
+            x, y = max(0, min(bw - 5, cx)), max(0, min(bh - 3, cy))
+            rgba = np.array([[[rng.randrange(256) for _ in range(4)] for _ in range(5)]
+                             for _ in range(3)], dtype=np.uint8)
+            pieces = [Image(a, opno[a], lamport, x, y, rgba)]
+        else:
+            color = (rng.randrange(256), rng.randrange(256), rng.randrange(256), 255)
+            pieces = []
+            for _ in range(rng.randrange(1, 5)):  # segments, each near the last
+                cx = max(0, min(bw - 1, cx + rng.randrange(-6, 7)))
+                cy = max(0, min(bh - 1, cy + rng.randrange(-6, 7)))
+                xs = np.clip(cx + np.arange(-2, 3), 0, bw - 1)
+                pieces.append(Paint(a, opno[a], lamport, color,
+                                    np.unique(cy * bw + xs[rng.randrange(2):])))
+        mine[a].append(opno[a])
+        for p in pieces:
+            seq[a] += 1
+            b.apply(p, a, seq[a], 0)
+        if rng.random() < 0.15:
+            b.settle(a, opno[a])  # its operations older than the window become final
+    assert b.rejected == 0
 def test_bad_records_are_refused():
     b = Board(W, H)
     before = b.digest()
