@@ -451,8 +451,8 @@ class Board:
             self._sync()
             entries = [self._log[k] for k in self._ops.get((rec.author, rec.target), ())]
             if rec.visible:
+                self._paint_op(entries)
                 for e in entries:
-                    self._paint(e, self._stamp, self._color)
                     self._mark(e.box)
             elif entries:
                 self._hide(entries)
@@ -593,13 +593,43 @@ class Board:
             x0, y0, x1, y1 = self._op_boxes[op]
             if x0 >= hx1 or x1 <= hx0 or y0 >= hy1 or y1 <= hy0 or not self.visible(*op):
                 continue
+            near = []
             for k in keys:
                 e = log[k]
                 x0, y0, x1, y1 = e.box
-                if x0 >= hx1 or x1 <= hx0 or y0 >= hy1 or y1 <= hy0:
-                    continue
-                self._paint_into(e, self._stamp, self._color, w, only)
+                if not (x0 >= hx1 or x1 <= hx0 or y0 >= hy1 or y1 <= hy0):
+                    near.append(e)
+            if near:
+                self._paint_op(near, only)
         self._mark((hx0, hy0, hx1, hy1))
+
+    def _paint_op(self, entries: list[Entry], only: np.ndarray | None = None) -> None:
+        """Paint entries of one operation into the view: the pieces of a stroke as one set
+        of pixels (one stamp, one colour; a hostile author's other colours apart), strips
+        of a picture that follow each other as one rectangle (see _flush). Rebuilding the
+        view of a room where 8 drew for two minutes (134,400 entries, 7,800 operations)
+        took 1.2 s painted entry by entry. ``only``: a flat bool mask to restrict to."""
+        pieces: dict[tuple, list[Entry]] = {}
+        strips = []
+        for e in entries:
+            rec = e.rec
+            if isinstance(rec, Paint):
+                pieces.setdefault(rec.color, []).append(e)
+            elif isinstance(rec, Image) and only is None:
+                strips.append(e)
+            else:
+                self._paint_into(e, self._stamp, self._color, self.width, only)
+        for color, group in pieces.items():
+            e = group[0]
+            if len(group) > 1:
+                ix = np.concatenate([g.index for g in group])  # (repeats paint alike)
+                box = (min(g.box[0] for g in group), min(g.box[1] for g in group),
+                       max(g.box[2] for g in group), max(g.box[3] for g in group))
+                e = Entry(e.key, Paint(e.rec.author, e.rec.opno, e.rec.lamport, color, ix),
+                          ix, box, int(ix.size), e.op)
+            self._paint_into(e, self._stamp, self._color, self.width, only)
+        if strips:
+            self._paint_strips(strips)
 
     def _sync(self) -> None:
         """Bring the view up to date: the pieces waiting in _pending, or all of it."""
@@ -614,9 +644,10 @@ class Board:
         else:
             np.copyto(self._stamp, self._base_stamp)
             np.copyto(self._color, self._base_color)
-        for e in self._log.values():
-            if self.visible(*e.op):
-                self._paint(e, self._stamp, self._color)
+        log = self._log
+        for op, keys in self._ops.items():
+            if self.visible(*op):
+                self._paint_op([log[k] for k in keys])
         self._mark((0, 0, self.width, self.height))
 
     def _flush(self) -> None:
@@ -633,8 +664,12 @@ class Board:
         even if it has meanwhile been folded into the base: it shows either way; a rebuild
         of the view (_sync) paints everything and drops what waits."""
         pending, self._pending = self._pending, []
+        self._paint_strips(pending)
+
+    def _paint_strips(self, strips: list[Entry]) -> None:
+        """Paint pieces of pictures, those that follow each other in a band together."""
         run: list[Entry] = []
-        for e in pending:
+        for e in strips:
             if run:
                 last = run[-1]
                 if (e.box[0] == last.box[2] and e.box[1] == last.box[1]

@@ -411,7 +411,7 @@ def test_undo_and_redo_leave_the_view_a_full_rebuild_would_give(seed):
     """An undo repaints only the pixels the hidden operation won, from the operations
     whose box meets it (Board._hide). On a board big enough for most operations to be far
     apart, with strokes in pieces across datagrams, pictures, one author's twins (one
-    stamp, two operations) and operations folded into the base as they become final, the
+    stamp, two operations), a hostile author's strokes in several colours, and operations folded into the base as they become final, the
     view after every toggle is the one a rebuild from the base and the log gives."""
     rng = random.Random(seed)
     bw, bh = 64, 48
@@ -445,8 +445,11 @@ def test_undo_and_redo_leave_the_view_a_full_rebuild_would_give(seed):
             pieces = [Image(a, opno[a], lamport, x, y, rgba)]
         else:
             color = (rng.randrange(256), rng.randrange(256), rng.randrange(256), 255)
+            hostile = rng.random() < 0.1  # a colour for each piece of one operation
             pieces = []
             for _ in range(rng.randrange(1, 5)):  # segments, each near the last
+                if hostile:
+                    color = (rng.randrange(256), rng.randrange(256), rng.randrange(256), 255)
                 cx = max(0, min(bw - 1, cx + rng.randrange(-6, 7)))
                 cy = max(0, min(bh - 1, cy + rng.randrange(-6, 7)))
                 xs = np.clip(cx + np.arange(-2, 3), 0, bw - 1)
