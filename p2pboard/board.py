@@ -410,11 +410,11 @@ class Board:
         if not keys:
             return
         vis = self.visible(*op)
-        for k in keys:
-            e = self._log.pop(k)
+        entries = [self._log.pop(k) for k in keys]
+        for e in entries:
             self._live_pixels -= e.size
-            if vis and into_base:
-                self._paint(e, self._base_stamp, self._base_color)
+        if vis and into_base:
+            self._paint_op(entries, into=(self._base_stamp, self._base_color))
 
     def _force_fold(self) -> None:
         while self._live_pixels > LOG_PIXEL_CAP and self._ops:
@@ -603,12 +603,15 @@ class Board:
                 self._paint_op(near, only)
         self._mark((hx0, hy0, hx1, hy1))
 
-    def _paint_op(self, entries: list[Entry], only: np.ndarray | None = None) -> None:
+    def _paint_op(self, entries: list[Entry], only: np.ndarray | None = None,
+                  into: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Paint entries of one operation into the view: the pieces of a stroke as one set
         of pixels (one stamp, one colour; a hostile author's other colours apart), strips
         of a picture that follow each other as one rectangle (see _flush). Rebuilding the
         view of a room where 8 drew for two minutes (134,400 entries, 7,800 operations)
-        took 1.2 s painted entry by entry. ``only``: a flat bool mask to restrict to."""
+        took 1.2 s painted entry by entry. ``only``: a flat bool mask to restrict to;
+        ``into``: the (stamp, color) arrays to paint, the view's if None."""
+        stamp, color = into or (self._stamp, self._color)
         pieces: dict[tuple, list[Entry]] = {}
         strips = []
         for e in entries:
@@ -618,18 +621,18 @@ class Board:
             elif isinstance(rec, Image) and only is None:
                 strips.append(e)
             else:
-                self._paint_into(e, self._stamp, self._color, self.width, only)
-        for color, group in pieces.items():
+                self._paint_into(e, stamp, color, self.width, only)
+        for rgba, group in pieces.items():
             e = group[0]
             if len(group) > 1:
                 ix = np.concatenate([g.index for g in group])  # (repeats paint alike)
                 box = (min(g.box[0] for g in group), min(g.box[1] for g in group),
                        max(g.box[2] for g in group), max(g.box[3] for g in group))
-                e = Entry(e.key, Paint(e.rec.author, e.rec.opno, e.rec.lamport, color, ix),
+                e = Entry(e.key, Paint(e.rec.author, e.rec.opno, e.rec.lamport, rgba, ix),
                           ix, box, int(ix.size), e.op)
-            self._paint_into(e, self._stamp, self._color, self.width, only)
+            self._paint_into(e, stamp, color, self.width, only)
         if strips:
-            self._paint_strips(strips)
+            self._paint_strips(strips, stamp, color)
 
     def _sync(self) -> None:
         """Bring the view up to date: the pieces waiting in _pending, or all of it."""
@@ -664,9 +667,9 @@ class Board:
         even if it has meanwhile been folded into the base: it shows either way; a rebuild
         of the view (_sync) paints everything and drops what waits."""
         pending, self._pending = self._pending, []
-        self._paint_strips(pending)
+        self._paint_strips(pending, self._stamp, self._color)
 
-    def _paint_strips(self, strips: list[Entry]) -> None:
+    def _paint_strips(self, strips: list[Entry], stamp: np.ndarray, color: np.ndarray) -> None:
         """Paint pieces of pictures, those that follow each other in a band together."""
         run: list[Entry] = []
         for e in strips:
@@ -677,12 +680,12 @@ class Board:
                         and e.rec.lamport == last.rec.lamport):
                     run.append(e)
                     continue
-                self._paint_run(run)
+                self._paint_run(run, stamp, color)
             run = [e]
         if run:
-            self._paint_run(run)
+            self._paint_run(run, stamp, color)
 
-    def _paint_run(self, run: list[Entry]) -> None:
+    def _paint_run(self, run: list[Entry], stamp: np.ndarray, color: np.ndarray) -> None:
         """Paint adjacent strips of one band (see _flush) as the one picture they make
         together: _paint_into copies it in one go where nothing at or above its stamp
         lies under it, and decides ties pixel by pixel otherwise."""
@@ -693,7 +696,7 @@ class Board:
             band = Image(e.rec.author, e.rec.opno, e.rec.lamport, x0, y0, rgba)
             e = Entry(e.key, band, None, (x0, y0, run[-1].box[2], y1),
                       rgba.shape[0] * rgba.shape[1], e.op)
-        self._paint(e, self._stamp, self._color)
+        self._paint_into(e, stamp, color, self.width)
 
     def _mark(self, box) -> None:
         self._version += 1
