@@ -346,7 +346,7 @@ class Board:
                 return None
             if int(ix[0]) < 0 or int(ix[-1]) >= self._n:
                 return None
-            ix32 = ix.astype(np.int32)
+            ix32 = ix if ix.dtype == np.int32 else ix.astype(np.int32)
             y0, y1 = int(ix[0]) // w, int(ix[-1]) // w
             if y0 == y1:
                 x0, x1 = int(ix[0]) - y0 * w, int(ix[-1]) - y0 * w
@@ -355,7 +355,8 @@ class Board:
                 x0, x1 = int(xs.min()), int(xs.max())
             box = (x0, y0, x1 + 1, y1 + 1)
             # The log keeps one copy of the pixels (int32: half the record's int64).
-            rec = Paint(rec.author, rec.opno, rec.lamport, rec.color, ix32)
+            if ix32 is not ix:
+                rec = Paint(rec.author, rec.opno, rec.lamport, rec.color, ix32)
             return Entry(key, rec, ix32, box, int(ix.size), (rec.author, rec.opno))
         if isinstance(rec, Image):
             shape = rec.shape
@@ -626,10 +627,12 @@ class Board:
             e = group[0]
             if len(group) > 1:
                 ix = np.concatenate([g.index for g in group])  # (repeats paint alike)
-                box = (min(g.box[0] for g in group), min(g.box[1] for g in group),
-                       max(g.box[2] for g in group), max(g.box[3] for g in group))
+                x0, y0, x1, y1 = e.box
+                for g in group:
+                    gx0, gy0, gx1, gy1 = g.box
+                    x0, y0, x1, y1 = min(x0, gx0), min(y0, gy0), max(x1, gx1), max(y1, gy1)
                 e = Entry(e.key, Paint(e.rec.author, e.rec.opno, e.rec.lamport, rgba, ix),
-                          ix, box, int(ix.size), e.op)
+                          ix, (x0, y0, x1, y1), int(ix.size), e.op)
             self._paint_into(e, stamp, color, self.width, only)
         if strips:
             self._paint_strips(strips, stamp, color)

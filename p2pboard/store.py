@@ -109,8 +109,15 @@ def dump(board: Board, sources: dict[int, tuple[int, int]], level: int = 1) -> b
         filtered[:, 1:] -= band[:, :-1]
         feed(filtered)
     feed(log)
-    for ix in paints:
-        feed(np.diff(ix.astype(np.int64), prepend=0).astype(">u4"))
+    for i, j in _runs([len(p) for p in paints]):
+        # each entry's indices as steps from the one before, its first from 0: a batch of
+        # entries in one go (one at a time, a busy room's log took seconds)
+        batch = paints[i:j]
+        ix = np.concatenate(batch).astype(np.int64)
+        d = np.diff(ix, prepend=0)
+        starts = np.cumsum([0] + [len(p) for p in batch[:-1]])
+        d[starts] = ix[starts]
+        feed(d.astype(">u4"))
     for im in images:
         feed(np.ascontiguousarray(im, dtype=np.uint8))
     out.append(comp.flush())
@@ -121,6 +128,55 @@ def dump(board: Board, sources: dict[int, tuple[int, int]], level: int = 1) -> b
 #: hands the compressor in one call
 _BAND_ROWS = 64
 _PIECE = 1 << 20
+#: pixel indices of log entries encoded or decoded together (at most 8 bytes each while
+#: in flight; a log holds up to LOG_PIXEL_CAP)
+_INDEX_BATCH = 1 << 20
+
+
+def _runs(sizes: list[int]) -> list[tuple[int, int]]:
+    """Consecutive runs ``[i, j)`` of items whose ``sizes`` add up to about _INDEX_BATCH (an
+    item bigger than that alone)."""
+    out: list[tuple[int, int]] = []
+    i = total = 0
+    for j, n in enumerate(sizes):
+        if j > i and total + n > _INDEX_BATCH:
+            out.append((i, j))
+            i, total = j, 0
+        total += n
+    if i < len(sizes):
+        out.append((i, len(sizes)))
+    return out
+
+
+def _paint_indices(deltas: np.ndarray, counts: list[int], width: int, n: int):
+    """Each paint entry's pixel indices (int32, a view into its batch's array) and the box
+    they cover (x0, y0, x1, y1; exclusive), decoded from the stream of steps a batch of
+    entries at a time. Raises StoreError where an entry's indices do not increase or
+    leave the board of ``n`` pixels."""
+    pos = 0
+    for i, j in _runs(counts):
+        c = np.array(counts[i:j], dtype=np.int64)
+        total = int(c.sum())
+        d = deltas[pos:pos + total].astype(np.int64)
+        pos += total
+        starts = np.zeros(len(c), dtype=np.int64)
+        np.cumsum(c[:-1], out=starts[1:])
+        ends = starts + c - 1
+        rising = d > 0
+        rising[starts] = True  # (an entry's first is a pixel index, 0 allowed)
+        if not bool(rising.all()):
+            raise StoreError("paint indices not increasing")
+        ix = np.cumsum(d)
+        ix -= np.repeat(ix[starts] - d[starts], c)
+        if int(ix[ends].max()) >= n:
+            raise StoreError("paint indices off the board")
+        xs = ix % width
+        boxes = zip(np.minimum.reduceat(xs, starts).tolist(), (ix[starts] // width).tolist(),
+                    (np.maximum.reduceat(xs, starts) + 1).tolist(),
+                    (ix[ends] // width + 1).tolist())
+        ix32 = ix.astype(np.int32)
+        for a, k, box in zip(starts.tolist(), c.tolist(), boxes):
+            yield ix32[a:a + k], box
 
 
 def _index_type(npal: int) -> type:
@@ -235,19 +291,25 @@ def _load(blob: bytes, width: int, height: int):
     images = r.take(nimage)
     if r.pos != len(r.raw):
         raise StoreError("trailing bytes in state")
-    dpos = ipos = 0
+    counts = [h[11] for h in heads if h[3] == KIND_PAINT]
+    if 0 in counts or sum(counts) != deltas.size:
+        raise StoreError("bad paint entry")
+    paint_ix = _paint_indices(deltas, counts, w, n)
+    log = board._log
+    ipos = 0
     for (a, seq, idx, kind, opno, lamport, color, x, y, iw, ih, count) in heads:
         if a == 0 or opno <= board._folded.get(a, 0):
             raise StoreError("bad log entry")
         if kind == KIND_PAINT:
-            if count == 0 or dpos + count > deltas.size:
-                raise StoreError("bad paint entry")
-            ix = np.cumsum(deltas[dpos:dpos + count].astype(np.int64))
-            dpos += count
-            if (count > 1 and not bool(np.all(ix[1:] > ix[:-1]))) or int(ix[-1]) >= n:
-                raise StoreError("paint indices not increasing or off the board")
-            rec = Paint(a, opno, lamport, tuple(color), ix)
-        elif kind == KIND_IMAGE:
+            # (checked as decoded; made here rather than by Board._entry, a box each)
+            ix, box = next(paint_ix)
+            key = (a, seq, idx)
+            if key in log:
+                raise StoreError("log entry repeated")
+            board._add(Entry(key, Paint(a, opno, lamport, tuple(color), ix), ix, box, count,
+                             (a, opno)))
+            continue
+        if kind == KIND_IMAGE:
             size = iw * ih * 4
             if iw == 0 or ih == 0 or ipos + size > len(images):
                 raise StoreError("bad image entry")
@@ -263,7 +325,7 @@ def _load(blob: bytes, width: int, height: int):
         if entry is None or key in board._log:
             raise StoreError("log entry off the board or repeated")
         board._add(entry)
-    if dpos != (deltas.size if deltas is not None else 0) or ipos != len(images):
+    if ipos != len(images):
         raise StoreError("unused bytes in the entry streams")
     return board, sources  # (its view is made from base and log when first read)
 

@@ -4,6 +4,7 @@
     .venv/bin/python scripts/bench.py ui [--peers 8] [--strokes 40] [--write]
     .venv/bin/python scripts/bench.py compare [--quick] [--write] [--rates ...] [--only ...]
     .venv/bin/python scripts/bench.py receive [--quick] [--write]
+    .venv/bin/python scripts/bench.py room [--authors 8] [--seconds 120] [--write]
 
 ``ui``: a real p2pboard window (Kivy, under Xvfb) on a 1920x1080 board while N headless
 peer processes draw strokes at mouse rate at the same time. Sampled from the window four
@@ -26,6 +27,10 @@ competitors), bench_report.py (tables, plots, targets), bench_profile.py (py-spy
 ``receive``: what receiving the same photo costs one peer, in process and through a real
 socket at several rates, with the edge's read coalescing on and off
 (scripts/bench_receive.py).
+
+``room``: what a busy room's history costs one peer, in process: undo, redo, clear, its
+undo, a late joiner's snapshot and a full garbage collection, after N authors drew for
+S seconds (scripts/bench_room.py).
 """
 
 from __future__ import annotations
@@ -329,6 +334,32 @@ def receive_main(argv: list[str]) -> int:
     return 0 if all(r["got"] == r["datagrams"] for r in data["socket"]) else 1
 
 
+def room_main(argv: list[str]) -> int:
+    """``bench.py room``: see scripts/bench_room.py."""
+    import bench_room
+
+    ap = argparse.ArgumentParser(prog="bench.py room",
+                                 description=bench_room.__doc__.split("\n\n")[0])
+    ap.add_argument("--authors", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=120.0,
+                    help="drawing time of each author (default 120)")
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--write", action="store_true", help="write docs/BENCHMARKS.md")
+    a = ap.parse_args(argv)
+    if a.authors < 1 or a.seconds <= 0:
+        ap.error("--authors must be at least 1 and --seconds above 0")
+    ensure_netns()  # (it opens no socket; every benchmark runs in a namespace all the same)
+    data = bench_room.run(a.authors, a.seconds, progress)
+    data.update(command=" ".join(["scripts/bench.py room", *argv]), machine=machine(),
+                date=time.strftime("%Y-%m-%d %H:%M"))
+    print(json.dumps(data, indent=1))
+    if a.json:
+        Path(a.json).write_text(json.dumps(data, indent=1))
+    if a.write:
+        write_section("room", bench_room.markdown(data))
+    return 0
+
+
 def write_section(name: str, text: str) -> None:
     path = ROOT / "docs" / "BENCHMARKS.md"
     doc = path.read_text() if path.exists() else "# Benchmarks\n"
@@ -347,8 +378,10 @@ def main(argv: list[str] | None = None) -> int:
         return compare_main(argv[1:])
     if argv and argv[0] == "receive":
         return receive_main(argv[1:])
+    if argv and argv[0] == "room":
+        return room_main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("workload", choices=["ui", "compare", "receive"])
+    ap.add_argument("workload", choices=["ui", "compare", "receive", "room"])
     ap.add_argument("--peers", type=int, default=8)
     ap.add_argument("--strokes", type=int, default=40)
     ap.add_argument("--write", action="store_true", help="write docs/BENCHMARKS.md")

@@ -214,6 +214,12 @@ def test_snapshot_round_trip_keeps_undo_state(seed):
     assert sources == {1: (5, 3), 2: (0, 0)}
     assert c.digest() == b.digest()
     assert np.array_equal(c.stamps, b.stamps)
+    # the log read back entry for entry (paint entries are decoded a batch at a time)
+    assert list(c._log) == list(b._log)
+    for key, e in c._log.items():
+        o = b._log[key]
+        assert (e.box, e.size, e.op, e.rec.stamp) == (o.box, o.size, o.op, o.rec.stamp)
+        assert e.index is None or np.array_equal(e.index, o.index)
     # Whatever comes next (undo of logged operations included) lands the same on both.
     for x in (b, c):
         for a, seq, idx, r in rest:
@@ -599,6 +605,52 @@ def test_state_bombs_and_lies_are_refused():
     head = store._HEAD.pack(store._RAW_MAGIC, W, H, 1 << 31, 0, 0, 0, 1, 0, 0)
     with pytest.raises(store.StoreError):
         store.load(_raw_blob(head), W, H)
+
+
+def _three_strokes() -> Board:
+    b = Board(W, H)
+    b.apply(Paint(1, 1, 1, (1, 2, 3, 255), np.array([0, 1, 2, W + 5])), 1, 1, 0)
+    b.apply(Paint(1, 2, 2, (4, 5, 6, 255), np.array([7])), 1, 2, 0)
+    b.apply(Paint(2, 1, 3, (7, 8, 9, 255), np.array([3 * W, 3 * W + 1, 5 * W + 2])), 2, 1, 0)
+    return b
+
+
+def test_paint_entries_split_over_index_batches_read_back_whole(monkeypatch):
+    """Paint indices are written and read a batch of entries at a time (_INDEX_BATCH):
+    entries on either side of a batch's end, and one longer than a batch, come back
+    as they were."""
+    b = _three_strokes()
+    for batch in (1, 2, 3, 4, 5, 1 << 20):
+        monkeypatch.setattr(store, "_INDEX_BATCH", batch)
+        c, _ = store.load(store.dump(b, {}), W, H)
+        assert list(c._log) == list(b._log)
+        for key, e in c._log.items():
+            assert e.box == b._log[key].box and np.array_equal(e.index, b._log[key].index)
+        assert c.digest() == b.digest()
+
+
+def test_paint_indices_that_lie_are_refused():
+    """The index stream is the state's last part here (no pictures): steps of 4 bytes."""
+    raw = bytearray(zlib.decompress(store.dump(_three_strokes(), {})[store._OUTER.size:]))
+    steps = len(raw) - 8 * 4  # 4 + 1 + 3 indices
+    assert store.load(_raw_blob(bytes(raw)), W, H)[0]._log
+
+    def patched(i: int, value: int) -> bytes:
+        r = bytearray(raw)
+        r[steps + 4 * i:steps + 4 * i + 4] = value.to_bytes(4, "big")
+        return _raw_blob(bytes(r))
+
+    with pytest.raises(store.StoreError, match="not increasing"):
+        store.load(patched(2, 0), W, H)  # the third index of the first entry repeats
+    with pytest.raises(store.StoreError, match="off the board"):
+        store.load(patched(4, W * H), W, H)  # the second entry's one index
+    with pytest.raises(store.StoreError, match="off the board"):
+        store.load(patched(7, W * H), W, H)  # a step past the end
+    assert store.load(patched(4, 0), W, H)[0]._log  # an entry may start at pixel 0
+    head = store._HEAD.unpack_from(raw)
+    short = store._HEAD.pack(*head[:8], head[8] - 4, head[9]) + bytes(raw[store._HEAD.size:-4])
+    with pytest.raises(store.StoreError, match="bad paint entry"):
+        store.load(_raw_blob(short), W, H)  # the counts need one more index than there is
 
 
 def test_blank_full_board_state_is_small():
