@@ -89,6 +89,50 @@ def test_receive_quick_measures_p2pboards_receiver_and_the_plain_one(tmp_path):
     assert "| 10,000 | 1 | plain (blocking recv, decode, apply) |" in table
 
 
+@pytest.mark.timeout(120)
+def test_room_measures_every_step_on_a_board_checked_against_a_rebuild(tmp_path):
+    """``bench.py room`` with 3 authors drawing 4 s each: the log it builds, every step
+    timed, the late joiner's board equal to the receiver's (the run checks the view
+    against a rebuild after each step and fails otherwise); and bad flags refused."""
+    bench = [sys.executable, str(ROOT / "scripts" / "bench.py"), "room"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "room.json"
+    r = subprocess.run([*bench, "--authors", "3", "--seconds", "4", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=100, env=env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert data["authors"] == 3 and data["log_entries"] == 3 * 4 * 120, data
+    assert 0 < data["live_ops"] < data["log_entries"]
+    for k in ("undo_ms_median", "undo_ms_max", "redo_ms_median", "clear_ms", "undo_clear_ms",
+              "redo_clear_ms", "dump_ms", "load_and_show_ms", "gc_full_ms"):
+        assert data[k] > 0, k
+    assert data["undo_ms_median"] <= data["undo_ms_max"]
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_room
+
+    table = bench_room.markdown(data)
+    assert "| an author's undo of its latest stroke (median, max of 3) |" in table
+    bad = subprocess.run([*bench, "--authors", "0"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=30, env=env)
+    assert bad.returncode == 2 and "--authors must be at least 1" in bad.stderr
+
+
+def test_room_check_catches_a_view_that_differs_from_its_rebuild():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_room
+    import numpy as np
+
+    from p2pboard.board import Board
+    from p2pboard.ops import Paint
+
+    b = Board(8, 8)
+    b.apply(Paint(1, 1, 1, (9, 9, 9, 255), np.arange(5)), 1, 1, 0)
+    bench_room._check(b)
+    b._color[2] = (1, 2, 3, 4)  # the view drifted from what base and log say
+    with pytest.raises(AssertionError, match="differs from a rebuild"):
+        bench_room._check(b)
+
+
 def _bench_compare():
     sys.path.insert(0, str(ROOT / "scripts"))
     import bench_compare
