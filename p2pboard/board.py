@@ -346,7 +346,7 @@ class Board:
                 return None
             if int(ix[0]) < 0 or int(ix[-1]) >= self._n:
                 return None
-            ix32 = ix if ix.dtype == np.int32 else ix.astype(np.int32)
+            ix32 = ix.astype(np.int32)
             y0, y1 = int(ix[0]) // w, int(ix[-1]) // w
             if y0 == y1:
                 x0, x1 = int(ix[0]) - y0 * w, int(ix[-1]) - y0 * w
@@ -355,8 +355,7 @@ class Board:
                 x0, x1 = int(xs.min()), int(xs.max())
             box = (x0, y0, x1 + 1, y1 + 1)
             # The log keeps one copy of the pixels (int32: half the record's int64).
-            if ix32 is not ix:
-                rec = Paint(rec.author, rec.opno, rec.lamport, rec.color, ix32)
+            rec = Paint(rec.author, rec.opno, rec.lamport, rec.color, ix32)
             return Entry(key, rec, ix32, box, int(ix.size), (rec.author, rec.opno))
         if isinstance(rec, Image):
             shape = rec.shape

@@ -128,9 +128,9 @@ def dump(board: Board, sources: dict[int, tuple[int, int]], level: int = 1) -> b
 #: hands the compressor in one call
 _BAND_ROWS = 64
 _PIECE = 1 << 20
-#: pixel indices of log entries encoded or decoded together (at most 8 bytes each while
-#: in flight; a log holds up to LOG_PIXEL_CAP)
-_INDEX_BATCH = 1 << 20
+#: pixel indices of log entries encoded or decoded together: a few arrays of them, 8 bytes
+#: an index, are in flight at once (about 10 MB), where a log holds up to LOG_PIXEL_CAP
+_INDEX_BATCH = 1 << 18
 
 
 def _runs(sizes: list[int]) -> list[tuple[int, int]]:
@@ -149,7 +149,8 @@ def _runs(sizes: list[int]) -> list[tuple[int, int]]:
 
 
 def _paint_indices(deltas: np.ndarray, counts: list[int], width: int, n: int):
-    """Each paint entry's pixel indices (int32, a view into its batch's array) and the box
+    """Each paint entry's pixel indices (int32, its own array: a view would keep its whole
+    batch alive while any entry of it is in the log) and the box
     they cover (x0, y0, x1, y1; exclusive), decoded from the stream of steps a batch of
     entries at a time. Raises StoreError where an entry's indices do not increase or
     leave the board of ``n`` pixels."""
@@ -176,7 +177,7 @@ def _paint_indices(deltas: np.ndarray, counts: list[int], width: int, n: int):
                     (ix[ends] // width + 1).tolist())
         ix32 = ix.astype(np.int32)
         for a, k, box in zip(starts.tolist(), c.tolist(), boxes):
-            yield ix32[a:a + k], box
+            yield ix32[a:a + k].copy(), box
 
 
 def _index_type(npal: int) -> type:
