@@ -22,7 +22,9 @@ by the session engine), because no toggle of it can come later. Final operations
 folded into the base and forgotten (undone ones are simply dropped). The *log* keeps the
 recent operations, keyed by ``(author, datagram seq, record index)`` so duplicates are
 recognised. The *view* is the per-pixel maximum of the base and the visible log entries. A
-new fragment updates the view in place; hiding one recomputes only the pixels it covers.
+new fragment updates the view in place; hiding an operation recomputes only the pixels it
+still won, from the operations whose box (kept per operation) meets it; a rebuild, a redo
+and a fold paint each operation's pieces of one colour as one set of pixels.
 Received pieces of a picture (a paste comes as bands of rows cut into column strips, one a
 datagram) are logged at once but painted in runs: up to :data:`PENDING_MAX` wait, and the
 strips of a band that follow each other are painted as one rectangle. Whatever reads the

@@ -324,13 +324,7 @@ def receive_main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     ensure_netns()
     data = bench_receive.run(progress, quick=a.quick)
-    data.update(command=" ".join(["scripts/bench.py receive", *argv]), machine=machine(),
-                date=time.strftime("%Y-%m-%d %H:%M"))
-    print(json.dumps(data, indent=1))
-    if a.json:
-        Path(a.json).write_text(json.dumps(data, indent=1))
-    if a.write:
-        write_section("receive", bench_receive.markdown(data))
+    publish("receive", argv, data, a.json, a.write and bench_receive.markdown)
     return 0 if all(r["got"] == r["datagrams"] for r in data["socket"]) else 1
 
 
@@ -350,14 +344,21 @@ def room_main(argv: list[str]) -> int:
         ap.error("--authors must be at least 1 and --seconds above 0")
     ensure_netns()  # (it opens no socket; every benchmark runs in a namespace all the same)
     data = bench_room.run(a.authors, a.seconds, progress)
-    data.update(command=" ".join(["scripts/bench.py room", *argv]), machine=machine(),
+    publish("room", argv, data, a.json, a.write and bench_room.markdown)
+    return 0
+
+
+def publish(name: str, argv: list[str], data: dict, json_path: str | None, markdown) -> None:
+    """Stamp a run's results with its command, machine and date, print them, and write
+    them to ``json_path`` and, if ``markdown`` (a function of them) is given, into
+    docs/BENCHMARKS.md's section ``name``."""
+    data.update(command=" ".join([f"scripts/bench.py {name}", *argv]), machine=machine(),
                 date=time.strftime("%Y-%m-%d %H:%M"))
     print(json.dumps(data, indent=1))
-    if a.json:
-        Path(a.json).write_text(json.dumps(data, indent=1))
-    if a.write:
-        write_section("room", bench_room.markdown(data))
-    return 0
+    if json_path:
+        Path(json_path).write_text(json.dumps(data, indent=1))
+    if markdown:
+        write_section(name, markdown(data))
 
 
 def write_section(name: str, text: str) -> None:
