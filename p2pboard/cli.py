@@ -154,8 +154,7 @@ async def open_with_autosave(config: Config, autosave: bool, data_dir: str | Non
             print(f"p2pboard: autosave off: {err}", file=sys.stderr)
     if board is None:
         board = await start_board(config=config, wait_join=False)
-    gcpause.freeze_startup()
-    gcpause.start(board)
+    gcpause.manage(board)
     return board
 
 

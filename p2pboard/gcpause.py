@@ -18,7 +18,7 @@ grows, each longer: one engine taking in 8 authors drawing without a pause (in p
 2026-12-05) collected after 14, 27, 41, 55, 70, 87, 109, 136 and 171 s of drawing, for
 13 ms at first and 144 ms at the last (190,000 log entries, 400,000 tracked objects).
 
-What the app does (:func:`freeze_startup`, once its board is open; cli.py):
+What the app does (:func:`manage`, once its board is open; cli.py):
 
 1. collect once and move every object alive at that moment into the permanent generation
    (``gc.freeze``), which no collection walks again;
@@ -130,3 +130,10 @@ def start(board) -> asyncio.Task:
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
     return task
+
+
+def manage(board) -> None:
+    """What the app does once ``board`` is open: :func:`freeze_startup`, then
+    :func:`start` the poller that runs the deferred full collections."""
+    freeze_startup()
+    start(board)

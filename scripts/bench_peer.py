@@ -205,8 +205,7 @@ class P2pPeer(Common):
                                                 iface=c["addrs"][self.i], name=f"b{self.i}",
                                                 size=self.size)
         # as the app does once its board is open (cli.open_with_autosave)
-        gcpause.freeze_startup()
-        gcpause.start(self.board)
+        gcpause.manage(self.board)
         eng = self.board.engine
         apply, times = eng.board.apply, self.times
         me = eng.id

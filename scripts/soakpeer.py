@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 import p2pboard  # noqa: E402
+from p2pboard import gcpause  # noqa: E402
 
 
 def out(**kw) -> None:
@@ -155,13 +156,7 @@ async def main(argv=None) -> None:
     task: asyncio.Task | None = None
     async with p2pboard.open_board(group=a.group, port=a.port, iface=a.iface, name=a.name,
                                    size=(w, h), **kw) as board:
-        try:  # as the app does once its board is open (cli.open_with_autosave)
-            from p2pboard import gcpause
-        except ImportError:  # an older p2pboard
-            gcpause = None
-        if gcpause is not None:
-            gcpause.freeze_startup()
-            gcpause.start(board)
+        gcpause.manage(board)  # as the app does once its board is open
         out(event="ready", id=board.id, pid=os.getpid(), autosave=autosave,
             digest=board.digest(), autosave_problem=getattr(board, "autosave_problem", None))
         while True:

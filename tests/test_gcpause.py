@@ -99,19 +99,20 @@ def test_the_poller_stops_when_the_board_closes():
         closed = False
         polls = 0
 
+        def __init__(self):
+            self.third_poll = asyncio.Event()
+
         @property
         def engine(self):
             self.polls += 1
+            if self.polls >= 3:
+                self.third_poll.set()
             return type("Engine", (), {"stats": Stats})
-
-    async def polled(b, n):
-        while b.polls < n:
-            await asyncio.sleep(0.001)
 
     async def main():
         b = FakeBoard()
         task = asyncio.ensure_future(gcpause.collect_when_quiet(b, every=0.001))
-        await asyncio.wait_for(polled(b, 3), 1.0)  # it keeps polling while open
+        await asyncio.wait_for(b.third_poll.wait(), 1.0)  # it keeps polling while open
         assert not task.done()
         b.closed = True
         await asyncio.wait_for(task, 1.0)
