@@ -919,7 +919,7 @@ def test_proactive_parity_per_block_is_the_fewest_that_leaves_few_losses_for_a_r
     from p2pboard.session import PROACTIVE_MAX, PROACTIVE_MISS, _parity_for
 
     assert wire.FEC_K == 8
-    assert [_parity_for(r) for r in (0.0, 0.01, 0.05, 0.1, 0.15)] == [0, 2, 3, 4, 6]
+    assert [_parity_for(r) for r in (0.0, 0.01, 0.05, 0.1, 0.15)] == [0, 2, 4, 5, 6]
     assert _parity_for(0.3) == PROACTIVE_MAX
 
     def slow_share(q, r):
@@ -928,8 +928,8 @@ def test_proactive_parity_per_block_is_the_fewest_that_leaves_few_losses_for_a_r
         n = wire.FEC_K + q
         return sum(i * comb(n, i) * r**i * (1 - r) ** (n - i) for i in range(q + 1, n + 1)) / (n * r)
 
-    # e.g. at 10% loss and 4 symbols, a receiver's losses in blocks of more than 4 are
-    # under 2% of all its losses; at 3 they are not
+    # e.g. at 10% loss and 5 symbols, a receiver's losses in blocks of more than 5 are
+    # under 1% of all its losses; at 4 they are not
     for r in (0.01, 0.05, 0.1, 0.15):
         q = _parity_for(r)
         assert slow_share(q, r) <= PROACTIVE_MISS < slow_share(q - 1, r), r
