@@ -417,8 +417,9 @@ def test_undo_and_redo_leave_the_view_a_full_rebuild_would_give(seed):
     """An undo repaints only the pixels the hidden operation won, from the operations
     whose box meets it (Board._hide). On a board big enough for most operations to be far
     apart, with strokes in pieces across datagrams, pictures, one author's twins (one
-    stamp, two operations), a hostile author's strokes in several colours, and operations folded into the base as they become final, the
-    view after every toggle is the one a rebuild from the base and the log gives."""
+    stamp, two operations), a hostile author's strokes with a colour and a Lamport time
+    for each piece, and operations folded into the base as they become final, the view
+    after every step is the one a rebuild from the base and the log gives."""
     rng = random.Random(seed)
     bw, bh = 64, 48
     b = Board(bw, bh)
@@ -451,15 +452,17 @@ def test_undo_and_redo_leave_the_view_a_full_rebuild_would_give(seed):
             pieces = [Image(a, opno[a], lamport, x, y, rgba)]
         else:
             color = (rng.randrange(256), rng.randrange(256), rng.randrange(256), 255)
-            hostile = rng.random() < 0.1  # a colour for each piece of one operation
+            hostile = rng.random() < 0.1  # a colour and a time for each piece of one op
             pieces = []
+            stamp = lamport
             for _ in range(rng.randrange(1, 5)):  # segments, each near the last
                 if hostile:
                     color = (rng.randrange(256), rng.randrange(256), rng.randrange(256), 255)
+                    stamp = max(1, lamport + rng.randrange(-3, 4))
                 cx = max(0, min(bw - 1, cx + rng.randrange(-6, 7)))
                 cy = max(0, min(bh - 1, cy + rng.randrange(-6, 7)))
                 xs = np.clip(cx + np.arange(-2, 3), 0, bw - 1)
-                pieces.append(Paint(a, opno[a], lamport, color,
+                pieces.append(Paint(a, opno[a], stamp, color,
                                     np.unique(cy * bw + xs[rng.randrange(2):])))
         mine[a].append(opno[a])
         for p in pieces:
@@ -467,7 +470,12 @@ def test_undo_and_redo_leave_the_view_a_full_rebuild_would_give(seed):
             b.apply(p, a, seq[a], 0)
         if rng.random() < 0.15:
             b.settle(a, opno[a])  # its operations older than the window become final
+        want = b.pixels.copy()
+        b._rebuild = True
+        assert np.array_equal(b.pixels, want), seed
     assert b.rejected == 0
+
+
 def test_bad_records_are_refused():
     b = Board(W, H)
     before = b.digest()
