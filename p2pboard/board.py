@@ -57,6 +57,11 @@ MAX_STAMP_KEYS = 1 << 16
 #: Received pieces of pictures held back to be painted together (Board._flush): a band of
 #: a 1920-pixel photo is about 28 of them.
 PENDING_MAX = 64
+#: Keys of joined entries (Board._compact): ``(author, seq, JOINED - idx)`` for the greatest
+#: key ``(author, seq, idx)`` among the pieces joined. A datagram's records are numbered
+#: from 0 and never reach JOINED_MIN, so a joined entry never takes the key of a piece.
+JOINED = 0xFFFF
+JOINED_MIN = 0x8000
 _BG = np.array(BACKGROUND, dtype=np.uint8)
 
 
@@ -77,6 +82,26 @@ _LITTLE = sys.byteorder == "little"
 
 def _native(rgba) -> int:
     return int.from_bytes(bytes(rgba), sys.byteorder)
+
+
+def _piece_key(key: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The greatest piece key a (joined) entry's key stands for."""
+    return key if key[2] < JOINED_MIN else (key[0], key[1], JOINED - key[2])
+
+
+def _sorted_union(parts: list[np.ndarray]) -> np.ndarray:
+    """The sorted union of index arrays. (np.unique hashes first in NumPy 2: 0.1 ms for a
+    stroke's 2,700 indices, three times a sort and a compare.)"""
+    ix = np.concatenate(parts)
+    ix.sort()
+    keep = np.empty(ix.size, dtype=bool)
+    keep[:1] = True
+    np.not_equal(ix[1:], ix[:-1], out=keep[1:])
+    return ix[keep]
+
+
+def _union_box(a, b) -> tuple[int, int, int, int]:
+    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
 
 
 @dataclass(slots=True)
@@ -112,6 +137,14 @@ class Board:
         #: had in the log (never shrunk), so that an undo looks only at operations near it
         self._op_boxes: dict[tuple[int, int], list[int]] = {}
         self._heaps: dict[int, list[int]] = {}
+        #: author -> heap of opnos that had entries added since they were last compacted
+        #: (_compact), and the set of those (author, opno)
+        self._fresh: dict[int, list[int]] = {}
+        self._unsettled: set[tuple[int, int]] = set()
+        #: author -> the highest opno up to which its operations are complete (settle);
+        #: authors whose fresh operations include complete ones (compact() has work)
+        self._complete: dict[int, int] = {}
+        self._ready: set[int] = set()
         self._folded: dict[int, int] = {}
         self._toggles: dict[int, dict[int, tuple[int, bool]]] = {}
         self._ntoggles = 0
@@ -186,6 +219,7 @@ class Board:
         f._ops = {}
         f._op_boxes = {}
         f._heaps = {}
+        f._fresh, f._unsettled, f._complete, f._ready = {}, set(), {}, set()
         f._folded = dict(self._folded)
         f._toggles = {a: dict(regs) for a, regs in self._toggles.items()}
         f._keys, f._keys_floor = {}, 1 << 64  # not shared: every tie checked, if ever painted
@@ -272,7 +306,14 @@ class Board:
 
     def settle(self, author: int, opno: int) -> None:
         """We hold every record of ``author`` with an opno up to ``opno``: operations more
-        than UNDO_WINDOW older than that are final and move into the base."""
+        than UNDO_WINDOW older than that are final and move into the base, and those up
+        to ``opno`` are complete: :meth:`compact` joins their pieces (when its caller
+        chooses: the engine does a few milliseconds later, off the path of a datagram)."""
+        if opno > self._complete.get(author, 0):
+            self._complete[author] = opno
+            fresh = self._fresh.get(author)
+            if fresh and fresh[0] <= opno:
+                self._ready.add(author)
         limit = opno - UNDO_WINDOW
         if limit <= self._folded.get(author, 0):
             return
@@ -331,8 +372,20 @@ class Board:
                 if target > final:
                     self._set_toggle(author, target, opno, vis)
         for key, e in other._log.items():
-            if key not in self._log and e.rec.opno > self._folded.get(e.rec.author, 0):
+            if e.rec.opno <= self._folded.get(e.rec.author, 0):
+                continue
+            mine = self._log.get(key)
+            if mine is None:
                 self._add(e)
+            elif (key[2] >= JOINED_MIN and isinstance(mine.rec, Paint)
+                  and isinstance(e.rec, Paint) and mine.op == e.op
+                  and (mine.rec.lamport, mine.rec.color) == (e.rec.lamport, e.rec.color)
+                  and not np.array_equal(mine.index, e.index)):
+                # joined from different pieces (see _compact): keep the union
+                self._remove(key)
+                ix = _sorted_union([mine.index, e.index])
+                self._add(Entry(key, Paint(*mine.op, mine.rec.lamport, mine.rec.color, ix),
+                                ix, _union_box(mine.box, e.box), int(ix.size), mine.op))
         self._rebuild = True
         if self._live_pixels > LOG_PIXEL_CAP:
             self._force_fold()
@@ -377,6 +430,11 @@ class Board:
     def _add(self, e: Entry) -> None:
         self._log[e.key] = e
         op = e.op
+        if op not in self._unsettled:
+            self._unsettled.add(op)
+            heapq.heappush(self._fresh.setdefault(op[0], []), op[1])
+            if op[1] <= self._complete.get(op[0], 0):
+                self._ready.add(op[0])  # (pieces of a complete operation merged in)
         keys = self._ops.get(op)
         if keys is None:
             self._ops[op] = [e.key]
@@ -405,6 +463,80 @@ class Board:
                 del self._ops[e.op]  # its heap item is skipped when popped
                 del self._op_boxes[e.op]
         return e
+
+    @property
+    def compact_pending(self) -> bool:
+        """Has :meth:`compact` work: complete operations whose pieces are not joined?"""
+        return bool(self._ready)
+
+    def compact(self, limit: int = 1 << 30) -> bool:
+        """Join the pieces of up to ``limit`` complete operations (_compact); True if more
+        wait. A stroke of 15 pieces takes about 0.15 ms (0.45 for 26), warm."""
+        done = 0
+        for author in list(self._ready):
+            fresh = self._fresh.get(author)
+            opno = self._complete.get(author, 0)
+            while fresh and fresh[0] <= opno:
+                if done >= limit:
+                    return True
+                op = (author, heapq.heappop(fresh))
+                self._unsettled.discard(op)
+                if op in self._ops:
+                    self._compact(op)
+                    done += 1
+            if fresh is not None and not fresh:
+                del self._fresh[author]
+            self._ready.discard(author)
+        return False
+
+    def _compact(self, op: tuple[int, int]) -> None:
+        """Make the pieces of a complete operation one log entry for each (Lamport time,
+        colour) it has: a stroke's pieces, one a datagram (about 17 for a stroke of two
+        seconds), become one entry with the union of their pixels. Painting it is painting
+        them: one stamp, one colour. Each piece was two objects for the garbage collector to
+        walk and about 10 us of Python to read from a snapshot; in a room of 8 drawing for
+        two minutes, 115,200 of them. Its key is made from the greatest key of its pieces
+        (JOINED), so that drop_covered drops it only when the snapshot covers every piece
+        of it; a snapshot that covers only some brings those pieces back, and they are
+        compacted into it again (repeated pixels paint alike, and the union drops them).
+        Every peer that joins the pieces of an operation up to one key joins the same ones
+        (all that exist: the operation is complete), so a key names the same pixels on
+        every board; merge takes the union where one does not (Board.settle's promise
+        broken)."""
+        keys = self._ops[op]
+        if len(keys) < 2:
+            return
+        log = self._log
+        groups: dict[tuple, list[Entry]] = {}
+        kept: list[tuple[int, int, int]] = []
+        for k in keys:
+            e = log[k]
+            if isinstance(e.rec, Paint):
+                groups.setdefault((e.rec.lamport, e.rec.color), []).append(e)
+            else:
+                kept.append(k)
+        if len(groups) == len(keys) - len(kept):
+            return  # one piece of each: nothing to join
+        for (lamport, rgba), group in groups.items():
+            if len(group) == 1:
+                kept.append(group[0].key)
+                continue
+            ix = _sorted_union([e.index for e in group])
+            x0, y0, x1, y1 = group[0].box
+            last = _piece_key(group[0].key)
+            for e in group:
+                del log[e.key]
+                self._live_pixels -= e.size
+                gx0, gy0, gx1, gy1 = e.box
+                x0, y0, x1, y1 = min(x0, gx0), min(y0, gy0), max(x1, gx1), max(y1, gy1)
+                last = max(last, _piece_key(e.key))
+            key = (last[0], last[1], JOINED - last[2])
+            joined = Entry(key, Paint(op[0], op[1], lamport, rgba, ix), ix, (x0, y0, x1, y1),
+                           int(ix.size), op)
+            log[key] = joined
+            self._live_pixels += joined.size
+            kept.append(key)
+        self._ops[op] = kept
 
     def _fold_op(self, op, into_base: bool) -> None:
         keys = self._ops.pop(op, None)

@@ -447,6 +447,7 @@ class Engine:
         # timers
         self._hb_index = len(self.timers.heartbeats)
         self._hb_at: float | None = None
+        self._compact_at: float | None = None  # when the board joins complete strokes
         self._session_at = now
         self._probe_answer_at: float | None = None
         self._last_probe_answer = -1.0
@@ -718,6 +719,8 @@ class Engine:
             cands.append(self._open_deadline)
         if self._hb_at is not None:
             cands.append(self._hb_at)
+        if self._compact_at is not None:
+            cands.append(self._compact_at)
         if self._probe_answer_at is not None:
             cands.append(self._probe_answer_at)
         for s in self._sources.values():
@@ -1018,7 +1021,10 @@ class Engine:
         self._cache_put((self.id, self.seq), datagram)
         me = self._my_source
         me.contiguous = me.highest = self.seq
-        self.board.settle(self.id, self._open_maxop)
+        # (the latest operation may go on: a stroke still being drawn)
+        self.board.settle(self.id, self._open_maxop - 1)
+        if self._compact_at is None and self.board.compact_pending:
+            self._compact_at = now + COMPACT_DELAY
         self._hb_index = 0
         # The first heartbeat waits a little longer than the gap between our datagrams
         # while drawing (about 8 ms at mouse rate), since the next datagram reveals a loss.
@@ -1120,6 +1126,8 @@ class Engine:
         try:
             handler = self._handlers[h.type]
             handler(self, h, body, data, now)
+            if self._compact_at is None and self.board.compact_pending:
+                self._compact_at = now + COMPACT_DELAY
             if self._early_count:
                 for sid in list(self._early):
                     src = self._sources.get(sid)
@@ -2285,6 +2293,9 @@ class Engine:
             self._send_session(now)
         if now >= self._next_expiry:
             self._expire(now)
+        if self._compact_at is not None and now >= self._compact_at:
+            more = self.board.compact(COMPACT_BATCH)
+            self._compact_at = now + COMPACT_DELAY if more else None
         if now >= self._silence_at:
             if self._heard_until(now) < self._silence_at:
                 # What came in before the deadline still waits in our queue: not silence.
@@ -2566,6 +2577,12 @@ MAX_GIVE_UPS = 12
 #: How much longer a gap waits for the rest of its block and the block's parity (see
 #: Engine._nack_due)
 TAIL_WAIT = 0.025
+#: A complete stroke's pieces are joined into one log entry (Board.compact) this long after
+#: the datagram that completed it, COMPACT_BATCH operations at a time: 0.1-0.5 ms each, on
+#: every peer at once, so not on the path of a datagram (the peers sharing a core with
+#: this one have taken it in by then) nor in the way of the next (mouse rate: 8 ms).
+COMPACT_DELAY = 0.004
+COMPACT_BATCH = 8
 #: seconds between looks at a silence deadline put off by our own receive backlog
 SILENCE_RECHECK = 0.5
 #: seconds a snapshot request answered by another peer is left to it (its retries too)

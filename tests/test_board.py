@@ -172,6 +172,7 @@ def apply_all(b: Board, recs, rng: random.Random | None = None, settle=True) -> 
         while k + 1 in total[a] and len(held.get((a, k + 1), ())) == total[a][k + 1]:
             k += 1
         b.settle(a, k)
+        b.compact()
 
 
 def dedup(recs):
@@ -470,6 +471,8 @@ def test_undo_and_redo_leave_the_view_a_full_rebuild_would_give(seed):
             b.apply(p, a, seq[a], 0)
         if rng.random() < 0.15:
             b.settle(a, opno[a])  # its operations older than the window become final
+        if rng.random() < 0.3:
+            b.compact(rng.randrange(1, 4))  # complete ones: their pieces joined
         want = b.pixels.copy()
         b._rebuild = True
         assert np.array_equal(b.pixels, want), seed
@@ -779,3 +782,96 @@ def test_forgotten_stamp_colours_still_give_the_oracle(seed):
         apply_all(b, order, rng)
     assert len(b._keys) <= 4 and b._keys_floor > 0
     assert np.array_equal(b.pixels, oracle(recs))
+
+
+def _stroke_pieces(author, opno, lamport, color, y, n=5, step=2):
+    """A stroke along row ``y`` in ``n`` overlapping pieces, as datagrams bring them."""
+    return [Paint(author, opno, lamport, color,
+                  np.arange(y * W + step * k, y * W + step * k + 4)) for k in range(n)]
+
+
+def test_a_complete_operation_becomes_one_entry_and_shows_the_same():
+    """Once settle says an operation is complete, compact() makes its pieces of one
+    colour one entry with the union of their pixels, keyed from the last of them (a
+    limited number of operations a call); the view does not change, undo and redo work on
+    it, and the operation still going on is left alone."""
+    b, plain = Board(W, H), Board(W, H)
+    red, blue = (200, 0, 0, 255), (0, 0, 200, 255)
+    seq = 0
+    for opno, color in ((1, red), (2, blue), (3, red)):
+        for p in _stroke_pieces(7, opno, opno, color, opno):
+            seq += 1
+            for x in (b, plain):
+                x.apply(p, 7, seq, 0)
+    before = b.pixels.copy()
+    b.settle(7, 2)  # 1 and 2 are complete; 3 may go on
+    assert b.compact_pending and len(b._log) == 15  # nothing joined before compact()
+    assert b.compact(1) and len(b._log) == 11  # one operation joined, one waits
+    assert not b.compact() and not b.compact_pending
+    assert b._ops[(7, 1)] == [(7, 5, board_mod.JOINED)]
+    assert b._ops[(7, 2)] == [(7, 10, board_mod.JOINED)]
+    assert len(b._ops[(7, 3)]) == 5
+    assert np.array_equal(b.pixels, before)
+    joined = b._log[(7, 5, board_mod.JOINED)]
+    assert joined.size == 12 and joined.box == (0, 1, 12, 2)
+    assert b.live_pixels == 2 * 12 + 5 * 4
+    for x in (b, plain):
+        x.apply(Toggle(7, 4, 2, False), 7, seq + 1, 0)
+    assert np.array_equal(b.pixels, plain.pixels)
+    for x in (b, plain):
+        x.apply(Toggle(7, 5, 2, True), 7, seq + 2, 0)
+    assert np.array_equal(b.pixels, before)
+    b._rebuild = True
+    assert np.array_equal(b.pixels, before)
+    # a snapshot of it reads back the same, joined entries included
+    back, _ = store.load(store.dump(b, {7: (seq + 2, 5)}), W, H)
+    assert back._log.keys() == b._log.keys() and np.array_equal(back.pixels, before)
+
+
+def test_a_snapshot_covering_part_of_a_joined_operation_loses_nothing():
+    """drop_covered drops a joined entry only if the snapshot covers its last piece; one
+    it covers in part stays, the snapshot's copies of its first pieces come in beside it
+    and are joined into it again."""
+    b = Board(W, H)
+    pieces = _stroke_pieces(7, 1, 1, (200, 0, 0, 255), 2)
+    for seq, p in enumerate(pieces, 1):
+        b.apply(p, 7, seq, 0)
+    b.settle(7, 2)
+    b.compact()
+    want = b.pixels.copy()
+    snap = Board(W, H)
+    for seq, p in enumerate(pieces[:2], 1):
+        snap.apply(p, 7, seq, 0)
+    b.drop_covered({7: 2})
+    assert (7, 5, board_mod.JOINED) in b._log
+    b.merge(snap)
+    assert np.array_equal(b.pixels, want) and len(b._ops[(7, 1)]) == 3
+    assert b.compact_pending  # the snapshot's copies of a complete operation came in
+    b.compact()
+    assert b._ops[(7, 1)] == [(7, 5, board_mod.JOINED)] and b.live_pixels == 12
+    assert np.array_equal(b.pixels, want)
+    b.drop_covered({7: 5})  # covers all of it: gone
+    assert not b._log
+
+
+def test_joined_entries_under_one_key_from_different_pieces_merge_as_their_union():
+    """Only if settle was told an operation was complete when it was not can two boards
+    join different pieces under one key; merge then keeps the union, so it is still a
+    union of the two boards either way round."""
+    pieces = _stroke_pieces(7, 1, 1, (200, 0, 0, 255), 2, step=3)  # each has pixels of its own
+    one, two = Board(W, H), Board(W, H)
+    for seq, p in enumerate(pieces, 1):
+        if seq != 2:
+            one.apply(p, 7, seq, 0)
+        if seq != 4:
+            two.apply(p, 7, seq, 0)
+    everything = Board(W, H)
+    for seq, p in enumerate(pieces, 1):
+        everything.apply(p, 7, seq, 0)
+    for x in (one, two):
+        x.settle(7, 2)
+        x.compact()
+    a, b = store.load(store.dump(one, {}), W, H)[0], store.load(store.dump(two, {}), W, H)[0]
+    a.merge(two)
+    b.merge(one)
+    assert a.digest() == b.digest() == everything.digest()

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from p2pboard import board as board_mod
 from p2pboard import raster, session, wire
 from p2pboard.ops import BACKGROUND
 from p2pboard.session import Engine
@@ -1258,3 +1259,29 @@ def test_a_joiner_whose_claimed_snapshot_offer_is_lost_asks_the_claimer_again():
     assert j.engine.stats.snapshots_received == 1
     net.settle(limit=60)
     assert j.engine.board.digest() == peers[0].engine.board.digest()
+
+
+def test_a_finished_stroke_is_one_log_entry_on_every_peer():
+    """Strokes drawn at mouse rate come in pieces, one a datagram; once a stroke is
+    complete on a peer (its author went on to the next, and every datagram up to there is
+    held, repairs included) the peer's log keeps it as one entry (Board._compact), and the
+    boards stay identical."""
+    net = SimNet(5, Faults(loss=0.1))
+    a, b, c = start(net, 3)
+    ops = []
+    for s in range(4):
+        op = net.act(a, lambda e, now: e.begin(now))
+        ops.append(op)
+        for k in range(12):
+            net.act(a, lambda e, now, k=k, s=s, op=op: e.extend_stroke(
+                op, [(4 + 4 * k, 6 + 10 * s)], 3, (200, 10, 10, 255), now))
+            net.run_for(1 / 120)
+    net.settle()
+    author = a.engine.id
+    for p in (a, b, c):
+        board = p.engine.board
+        for op in ops[:-1]:
+            keys = board._ops[(author, op)]
+            assert len(keys) == 1 and keys[0][2] >= board_mod.JOINED_MIN, (p.engine.id, op, keys)
+        assert len(board._ops[(author, ops[-1])]) > 1  # it may go on: in pieces still
+    assert a.engine.board.digest() == b.engine.board.digest() == c.engine.board.digest()
