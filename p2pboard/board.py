@@ -21,7 +21,9 @@ hold all of that author's records up to ``opno + UNDO_WINDOW`` (:meth:`Board.set
 by the session engine), because no toggle of it can come later. Final operations are
 folded into the base and forgotten (undone ones are simply dropped). The *log* keeps the
 recent operations, keyed by ``(author, datagram seq, record index)`` so duplicates are
-recognised. The *view* is the per-pixel maximum of the base and the visible log entries. A
+recognised; once an operation is complete (we hold every record of it), its pieces of one
+colour are joined into one entry (:meth:`Board.compact`: a stroke comes in about 17
+pieces, one a datagram). The *view* is the per-pixel maximum of the base and the visible log entries. A
 new fragment updates the view in place; hiding an operation recomputes only the pixels it
 still won, from the operations whose box (kept per operation) meets it; a rebuild, a redo
 and a fold paint each operation's pieces of one colour as one set of pixels.
