@@ -23,10 +23,11 @@ folded into the base and forgotten (undone ones are simply dropped). The *log* k
 recent operations, keyed by ``(author, datagram seq, record index)`` so duplicates are
 recognised; once an operation is complete (we hold every record of it), its pieces of one
 colour are joined into one entry (:meth:`Board.compact`: a stroke comes in about 17
-pieces, one a datagram). The *view* is the per-pixel maximum of the base and the visible log entries. A
-new fragment updates the view in place; hiding an operation recomputes only the pixels it
-still won, from the operations whose box (kept per operation) meets it; a rebuild, a redo
-and a fold paint each operation's pieces of one colour as one set of pixels.
+pieces, one a datagram). The *view* is the per-pixel maximum of the base and the visible
+log entries. A new fragment updates the view in place; hiding an operation recomputes
+only the pixels it still won, from the operations whose box (kept per operation) meets
+it; a rebuild, a redo and a fold paint each operation's pieces of one colour as one set
+of pixels.
 Received pieces of a picture (a paste comes as bands of rows cut into column strips, one a
 datagram) are logged at once but painted in runs: up to :data:`PENDING_MAX` wait, and the
 strips of a band that follow each other are painted as one rectangle. Whatever reads the
@@ -761,8 +762,8 @@ class Board:
         """Paint entries of one operation into the view: the pieces of a stroke as one set
         of pixels (one stamp, one colour; a hostile author's other colours and Lamport
         times apart: painted at the first piece's, they made a rebuilt view differ from
-        one painted piece by piece, and boards differ), strips
-        of a picture that follow each other as one rectangle (see _flush). Rebuilding the
+        one painted piece by piece, and boards differ), strips of a picture that follow
+        each other as one rectangle (see _flush). Rebuilding the
         view of a room where 8 drew for two minutes (134,400 entries, 7,800 operations)
         took 1.2 s painted entry by entry. ``only``: a flat bool mask to restrict to;
         ``into``: the (stamp, color) arrays to paint, the view's if None."""
