@@ -9,8 +9,10 @@ Layout (all big-endian): ``b"PBZ1"``, the raw length (u64), then zlib of the raw
 a fixed header (:data:`_HEAD`), the sources, final-opno marks, undo registers, a palette of
 the base layer's distinct stamps, one palette index per pixel (u8/u16/u32 as needed), the
 base colours with PNG's *Sub* filter (difference to the left pixel: flat areas become
-zeros), the log entries (:data:`_ENTRY`), then the Paint indices as deltas and the Image
-pixels. A blank 1920x1080 board is about 50 kB (deflate tops out near 1000:1); a photo fills most of its 8 MB.
+zeros), the log entries (:data:`_ENTRY`; each a record as a datagram brought it, or the
+joined pieces of a complete operation, keyed with a record index of board.JOINED_MIN or
+more), then the Paint indices as deltas and the Image pixels. A blank 1920x1080 board
+is about 50 kB (deflate tops out near 1000:1); a photo fills most of its 8 MB.
 
 ``load`` trusts nothing: lengths are checked before anything is allocated, decompression is
 bounded by the declared length, every index and rectangle is checked against the canvas,
