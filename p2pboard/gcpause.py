@@ -20,7 +20,7 @@ grows, each longer: one engine taking in 8 authors drawing without a pause (in p
 13 ms at first and 144 ms at the last (190,000 log entries, 400,000 tracked objects).
 That was before complete strokes were joined into one log entry each (board.py): in the
 room of ``scripts/bench.py room`` (8 authors, 2 minutes) the log now holds 6,817 entries
-instead of 115,200, and a full collection takes 45-54 ms instead of 156.
+instead of 115,200, and a full collection takes 38-54 ms instead of 156.
 
 What the app does (:func:`manage`, once its board is open; cli.py):
 
