@@ -2578,8 +2578,8 @@ MAX_GIVE_UPS = 12
 #: Engine._nack_due)
 TAIL_WAIT = 0.025
 #: A complete stroke's pieces are joined into one log entry (Board.compact) this long after
-#: the datagram that completed it, COMPACT_BATCH operations at a time: 0.1-0.5 ms each, on
-#: every peer at once, so not on the path of a datagram (the peers sharing a core with
+#: the datagram that completed it, COMPACT_BATCH operations at a time: 0.05-0.2 ms each
+#: (warm), on every peer at once, so not on the path of a datagram (the peers sharing a core with
 #: this one have taken it in by then) nor in the way of the next (mouse rate: 8 ms).
 COMPACT_DELAY = 0.004
 COMPACT_BATCH = 8
