@@ -103,8 +103,29 @@ def _sorted_union(parts: list[np.ndarray]) -> np.ndarray:
     return ix[keep]
 
 
-def _union_box(a, b) -> tuple[int, int, int, int]:
-    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
+def _one_entry(group: list[Entry], key: tuple[int, int, int], ix: np.ndarray) -> Entry:
+    """One Paint entry for pieces of one operation, Lamport time and colour: ``ix``, the
+    pixels, under ``key``, with a box around theirs."""
+    x0, y0, x1, y1 = group[0].box
+    for g in group:
+        gx0, gy0, gx1, gy1 = g.box
+        x0, y0, x1, y1 = min(x0, gx0), min(y0, gy0), max(x1, gx1), max(y1, gy1)
+    r = group[0].rec
+    return Entry(key, Paint(r.author, r.opno, r.lamport, r.color, ix), ix, (x0, y0, x1, y1),
+                 int(ix.size), group[0].op)
+
+
+def _paint_groups(entries: list[Entry]) -> tuple[dict[tuple, list[Entry]], list[Entry]]:
+    """Paint entries by (Lamport time, colour), and the others: the pieces of one group
+    paint as one set of pixels (one stamp, one colour)."""
+    groups: dict[tuple, list[Entry]] = {}
+    others: list[Entry] = []
+    for e in entries:
+        if isinstance(e.rec, Paint):
+            groups.setdefault((e.rec.lamport, e.rec.color), []).append(e)
+        else:
+            others.append(e)
+    return groups, others
 
 
 @dataclass(slots=True)
@@ -386,9 +407,7 @@ class Board:
                   and not np.array_equal(mine.index, e.index)):
                 # joined from different pieces (see _compact): keep the union
                 self._remove(key)
-                ix = _sorted_union([mine.index, e.index])
-                self._add(Entry(key, Paint(*mine.op, mine.rec.lamport, mine.rec.color, ix),
-                                ix, _union_box(mine.box, e.box), int(ix.size), mine.op))
+                self._add(_one_entry([mine, e], key, _sorted_union([mine.index, e.index])))
         self._rebuild = True
         if self._live_pixels > LOG_PIXEL_CAP:
             self._force_fold()
@@ -510,32 +529,20 @@ class Board:
         if len(keys) < 2:
             return
         log = self._log
-        groups: dict[tuple, list[Entry]] = {}
-        kept: list[tuple[int, int, int]] = []
-        for k in keys:
-            e = log[k]
-            if isinstance(e.rec, Paint):
-                groups.setdefault((e.rec.lamport, e.rec.color), []).append(e)
-            else:
-                kept.append(k)
-        if len(groups) == len(keys) - len(kept):
+        groups, others = _paint_groups([log[k] for k in keys])
+        if len(groups) == len(keys) - len(others):
             return  # one piece of each: nothing to join
-        for (lamport, rgba), group in groups.items():
+        kept = [e.key for e in others]
+        for group in groups.values():
             if len(group) == 1:
                 kept.append(group[0].key)
                 continue
-            ix = _sorted_union([e.index for e in group])
-            x0, y0, x1, y1 = group[0].box
-            last = _piece_key(group[0].key)
+            last = max(_piece_key(e.key) for e in group)
+            key = (last[0], last[1], JOINED - last[2])
+            joined = _one_entry(group, key, _sorted_union([e.index for e in group]))
             for e in group:
                 del log[e.key]
                 self._live_pixels -= e.size
-                gx0, gy0, gx1, gy1 = e.box
-                x0, y0, x1, y1 = min(x0, gx0), min(y0, gy0), max(x1, gx1), max(y1, gy1)
-                last = max(last, _piece_key(e.key))
-            key = (last[0], last[1], JOINED - last[2])
-            joined = Entry(key, Paint(op[0], op[1], lamport, rgba, ix), ix, (x0, y0, x1, y1),
-                           int(ix.size), op)
             log[key] = joined
             self._live_pixels += joined.size
             kept.append(key)
@@ -768,26 +775,17 @@ class Board:
         took 1.2 s painted entry by entry. ``only``: a flat bool mask to restrict to;
         ``into``: the (stamp, color) arrays to paint, the view's if None."""
         stamp, color = into or (self._stamp, self._color)
-        pieces: dict[tuple, list[Entry]] = {}
+        groups, others = _paint_groups(entries)
         strips = []
-        for e in entries:
-            rec = e.rec
-            if isinstance(rec, Paint):
-                pieces.setdefault((rec.lamport, rec.color), []).append(e)
-            elif isinstance(rec, Image) and only is None:
+        for e in others:
+            if isinstance(e.rec, Image) and only is None:
                 strips.append(e)
             else:
                 self._paint_into(e, stamp, color, self.width, only)
-        for (_, rgba), group in pieces.items():
+        for group in groups.values():
             e = group[0]
-            if len(group) > 1:
-                ix = np.concatenate([g.index for g in group])  # (repeats paint alike)
-                x0, y0, x1, y1 = e.box
-                for g in group:
-                    gx0, gy0, gx1, gy1 = g.box
-                    x0, y0, x1, y1 = min(x0, gx0), min(y0, gy0), max(x1, gx1), max(y1, gy1)
-                e = Entry(e.key, Paint(e.rec.author, e.rec.opno, e.rec.lamport, rgba, ix),
-                          ix, (x0, y0, x1, y1), int(ix.size), e.op)
+            if len(group) > 1:  # (repeated pixels paint alike)
+                e = _one_entry(group, e.key, np.concatenate([g.index for g in group]))
             self._paint_into(e, stamp, color, self.width, only)
         if strips:
             self._paint_strips(strips, stamp, color)
