@@ -46,9 +46,13 @@ MAGIC = b"PB"
 #: 8: a SNAP_META without length claims a request (the offer follows once the snapshot
 #:    is built); a SNAP_NACK without ranges withdraws from a snapshot offered.
 #: 9: parity blocks of 8 DATA datagrams (FEC_K), not 16.
-VERSION = 9
-#: Largest UDP payload we send or accept: survives VPNs, tunnels and Wi-Fi unfragmented.
-MAX_DATAGRAM = 1200
+#: 10: datagrams of up to 1400 bytes (MAX_DATAGRAM), not 1200.
+VERSION = 10
+#: Largest UDP payload we send or accept. A LAN's MTU is 1500 bytes (1472 of UDP payload);
+#: 1400, as NORM's default segment, leaves room for an overlay that bridges the LAN (VXLAN,
+#: GRE), so nothing is fragmented. Fewer, fuller datagrams are the cheaper: a receiver pays
+#: tens of microseconds a datagram whatever its size (BENCHMARKS.md).
+MAX_DATAGRAM = 1400
 
 HEADER = struct.Struct("!2sBBBIIHH")
 BODY_BUDGET = MAX_DATAGRAM - HEADER.size
@@ -130,7 +134,7 @@ def _unzstd(payload: bytes, need: int) -> bytes:
 SESSION_HEAD = struct.Struct("!IBBIQQHH")  # rgba flags n_entries ts vector digest count loss ; then name
 SESSION_ENTRY = struct.Struct("!IIIII")  # source contiguous highest echo held
 MAX_NAME_BYTES = 48
-#: Session entries per message: fits 1200 bytes with the longest name and a sealed envelope.
+#: Session entries per message: fits MAX_DATAGRAM with the longest name and a sealed envelope.
 MAX_SESSION_ENTRIES = 48
 #: Timestamps in SESSION (``ts``, ``echo``, ``held``) count in these units, modulo 2^32.
 TS_UNIT = 1e-5
@@ -153,8 +157,8 @@ FEC_K = 8
 FEC_N = 256
 PARITY = struct.Struct("!IBBH")  # block k index symbol_len ; then the symbol
 PARITY_EXTRA = PARITY.size + 2
-#: A PARITY datagram may exceed MAX_DATAGRAM by this much (1210 bytes: still below the
-#: 1232 bytes that IPv6 guarantees unfragmented on any path).
+#: A PARITY datagram may exceed MAX_DATAGRAM by this much (1410 bytes: still well within
+#: the 1472 bytes of UDP payload a 1500-byte MTU carries).
 MAX_WIRE = MAX_DATAGRAM + PARITY_EXTRA
 MAX_SNAPSHOT = 256 << 20
 SNAP_CHUNK_SIZE = BODY_BUDGET - SNAP_CHUNK.size

@@ -1,7 +1,7 @@
 """What receiving a paste costs one peer: ``scripts/bench.py receive``.
 
 The 1920x1080 photo of ``bench.py compare``, pasted by one engine, gives the datagrams
-(3,652 with protocol 6). They are measured two ways:
+(3,106 with protocol 10). They are measured two ways:
 
 * **In process**, no socket: decoding only (header and records), decoding and applying
   to a board (what every system of the comparison does), and p2pboard's whole engine

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from p2pboard import wire
+
 SYSTEM_NAMES = {"p2pboard": "p2pboard", "relay": "TCP relay", "zmq": "ZeroMQ PUB/SUB",
                 "mcast": "plain multicast", "socket": "socket ceiling"}
 RATE_ORDER = ("100mbit", "1gbit", "unlimited")
@@ -240,7 +242,7 @@ Produced by scripts/bench.py, nothing edited by hand; the raw figures are in
 its link limited in both directions with tbf (`rate R burst 32kbit latency 20ms` on the
 host's veth and on the bridge port); "unlimited" is the bare veth. Loss is nftables
 dropping that share of every IP packet a receiver gets. Every system carries the same
-p2pboard records (STROKE for strokes, IMAGE bands for the image) in the same 1200-byte
+p2pboard records (STROKE for strokes, IMAGE bands for the image) in the same {wire.MAX_DATAGRAM}-byte
 messages and applies them into the same board; see scripts/bench_systems.py.
 
 **Read with care:** every peer of every system runs on this one machine's cores. Sixteen

@@ -2,7 +2,7 @@
 
 Every system carries the very records p2pboard puts in its DATA datagrams: a message is a
 p2pboard DATA datagram (``wire.encode_header`` + records from ``wire.encode_record``, at
-most 1200 bytes), and a receiver decodes it with ``wire.decode_records`` and applies it into
+most ``wire.MAX_DATAGRAM`` bytes), and a receiver decodes it with ``wire.decode_records`` and applies it into
 a ``p2pboard.board.Board``. So encoding, decoding and applying cost the same everywhere, and
 what differs is only how the bytes travel:
 
@@ -19,7 +19,7 @@ what differs is only how the bytes travel:
     (0), since the default of 1000 messages silently drops most of a pasted image. No late
     join (PUB/SUB has none without an extra snapshot service).
 ``mcast``
-    Plain UDP multicast without any repair, as naive implementations do: the same 1200-byte
+    Plain UDP multicast without any repair, as naive implementations do: the same
     datagrams, a blocking socket (the kernel's send buffer paces it at the link rate), an
     8 MiB receive buffer like p2pboard's. What is lost stays lost.
 ``socket``
@@ -133,8 +133,8 @@ class RecordBoard:
                     self.remote += 1
 
     def _messages(self, pieces) -> list[bytes]:
-        """Pack (bytes, fragment) pieces into DATA messages of at most 1200 bytes, applying
-        each fragment locally as it is placed (as p2pboard does)."""
+        """Pack (bytes, fragment) pieces into DATA messages of at most wire.MAX_DATAGRAM
+        bytes, applying each fragment locally as it is placed (as p2pboard does)."""
         out: list[bytes] = []
         open_: list[bytes] = []
         size = 0

@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from p2pboard import raster  # noqa: E402
+from p2pboard import raster, wire  # noqa: E402
 from p2pboard.config import DEFAULT_RATE  # noqa: E402
 from tests.sim import Faults, SimNet  # noqa: E402
 
@@ -99,7 +99,7 @@ def late_join(seed: int) -> dict:
     wall = time.perf_counter() - w0
     assert b.engine.board.digest() == a.engine.board.digest()
     return dict(virtual_s=virtual, wall_s=wall, snapshot_bytes=a.engine.stats.snapshot_chunks_sent
-                * 1150)
+                * wire.SNAP_CHUNK_SIZE)
 
 
 def main() -> None:
