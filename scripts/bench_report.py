@@ -242,8 +242,9 @@ Produced by scripts/bench.py, nothing edited by hand; the raw figures are in
 its link limited in both directions with tbf (`rate R burst 32kbit latency 20ms` on the
 host's veth and on the bridge port); "unlimited" is the bare veth. Loss is nftables
 dropping that share of every IP packet a receiver gets. Every system carries the same
-p2pboard records (STROKE for strokes, IMAGE bands for the image) in the same {wire.MAX_DATAGRAM}-byte
-messages and applies them into the same board; see scripts/bench_systems.py.
+p2pboard records (STROKE for strokes, IMAGE bands for the image) in the same messages
+(p2pboard DATA datagrams of at most {wire.MAX_DATAGRAM} bytes) and applies them into the same
+board; see scripts/bench_systems.py.
 
 **Read with care:** every peer of every system runs on this one machine's cores. Sixteen
 receivers are sixteen Python processes sharing them, so from about 8 peers drawing at

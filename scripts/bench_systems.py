@@ -2,9 +2,9 @@
 
 Every system carries the very records p2pboard puts in its DATA datagrams: a message is a
 p2pboard DATA datagram (``wire.encode_header`` + records from ``wire.encode_record``, at
-most ``wire.MAX_DATAGRAM`` bytes), and a receiver decodes it with ``wire.decode_records`` and applies it into
-a ``p2pboard.board.Board``. So encoding, decoding and applying cost the same everywhere, and
-what differs is only how the bytes travel:
+most ``wire.MAX_DATAGRAM`` bytes), and a receiver decodes it with ``wire.decode_records``
+and applies it into a ``p2pboard.board.Board``. So encoding, decoding and applying cost
+the same everywhere, and what differs is only how the bytes travel:
 
 ``relay``
     The classic answer: a threaded TCP server on the standard library's ``socketserver``.

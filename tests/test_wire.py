@@ -397,6 +397,13 @@ def test_only_parity_may_exceed_max_datagram_and_by_no_more_than_its_extra():
         wire.decode_header(data)
 
 
+def test_the_longest_datagram_crosses_an_ethernet_lan_unfragmented():
+    # a 1500-byte MTU less the IPv4 (20) and UDP (8) headers; 1400 leaves room for a
+    # tunnel that bridges the LAN (VXLAN's 50 bytes)
+    assert wire.MAX_WIRE + 20 + 8 <= 1500 - 50
+    assert wire.MAX_DATAGRAM == 1400
+
+
 @pytest.mark.parametrize("body", [
     b"",
     wire.PARITY.pack(1, wire.FEC_K, wire.FEC_K, 3) + b"ab",  # symbol shorter than it says
