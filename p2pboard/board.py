@@ -94,9 +94,12 @@ def _piece_key(key: tuple[int, int, int]) -> tuple[int, int, int]:
 
 def _sorted_union(parts: list[np.ndarray]) -> np.ndarray:
     """The sorted union of index arrays. (np.unique hashes first in NumPy 2: 0.1 ms for a
-    stroke's 2,700 indices, three times a sort and a compare.)"""
+    stroke's 2,700 indices, three times a sort and a compare.) A stroke piece's indices
+    are sorted already, and the stable sort (timsort) merges such runs instead of sorting
+    afresh: a stroke of 17 pieces and 4,000 indices in 37 us instead of 70. (Any order
+    comes out sorted; only the speed depends on it.)"""
     ix = np.concatenate(parts)
-    ix.sort()
+    ix.sort(kind="stable")
     keep = np.empty(ix.size, dtype=bool)
     keep[:1] = True
     np.not_equal(ix[1:], ix[:-1], out=keep[1:])
