@@ -2578,9 +2578,10 @@ MAX_GIVE_UPS = 12
 #: Engine._nack_due)
 TAIL_WAIT = 0.025
 #: A complete stroke's pieces are joined into one log entry (Board.compact) this long after
-#: the datagram that completed it, COMPACT_BATCH operations at a time: 0.05-0.2 ms each
-#: (warm), on every peer at once, so not on the path of a datagram (the peers sharing a core with
-#: this one have taken it in by then) nor in the way of the next (mouse rate: 8 ms).
+#: the datagram that completed it, COMPACT_BATCH operations at a time: 0.03-0.14 ms each
+#: (warm), on every peer at once, so not on the path of a datagram (the peers sharing a
+#: core with this one have taken it in by then) nor in the way of the next (mouse rate: 8
+#: ms).
 COMPACT_DELAY = 0.004
 COMPACT_BATCH = 8
 #: seconds between looks at a silence deadline put off by our own receive backlog
