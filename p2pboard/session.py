@@ -2580,8 +2580,8 @@ TAIL_WAIT = 0.025
 #: A complete stroke's pieces are joined into one log entry (Board.compact) this long after
 #: the datagram that completed it, COMPACT_BATCH operations at a time: 0.03-0.14 ms each
 #: (warm), on every peer at once, so not on the path of a datagram (the peers sharing a
-#: core with this one have taken it in by then) nor in the way of the next (mouse rate: 8
-#: ms).
+#: core with this one have taken it in by then) nor in the way of the next (at mouse
+#: rate, 8 ms later).
 COMPACT_DELAY = 0.004
 COMPACT_BATCH = 8
 #: seconds between looks at a silence deadline put off by our own receive backlog

@@ -875,3 +875,13 @@ def test_joined_entries_under_one_key_from_different_pieces_merge_as_their_union
     a.merge(two)
     b.merge(one)
     assert a.digest() == b.digest() == everything.digest()
+
+
+def test_the_union_of_pieces_is_sorted_and_unique_whatever_their_order():
+    # stroke pieces come sorted (the union merges their runs); a hostile author's need not
+    rng = np.random.default_rng(5)
+    parts = [np.sort(rng.integers(0, 5000, 300)).astype(np.int32) for _ in range(6)]
+    parts += [rng.integers(0, 5000, 200).astype(np.int32), np.array([7, 7, 3], np.int32)]
+    got = board_mod._sorted_union(parts)
+    assert got.dtype == np.int32
+    assert np.array_equal(got, np.unique(np.concatenate(parts)))
