@@ -773,9 +773,9 @@ class Board:
         of pixels (one stamp, one colour; a hostile author's other colours and Lamport
         times apart: painted at the first piece's, they made a rebuilt view differ from
         one painted piece by piece, and boards differ), strips of a picture that follow
-        each other as one rectangle (see _flush). Rebuilding the
-        view of a room where 8 drew for two minutes (134,400 entries, 7,800 operations)
-        took 1.2 s painted entry by entry. ``only``: a flat bool mask to restrict to;
+        each other as one rectangle (see _flush). Rebuilding the view of a room where 8
+        drew for two minutes (134,400 entries, 7,800 operations) took 1.2 s painted entry
+        by entry. ``only``: a flat bool mask to restrict to;
         ``into``: the (stamp, color) arrays to paint, the view's if None."""
         stamp, color = into or (self._stamp, self._color)
         groups, others = _paint_groups(entries)

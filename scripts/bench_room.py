@@ -5,8 +5,8 @@ after 8 people have drawn without a pause for two minutes, over 6,000 strokes re
 in over 100,000 pieces. This builds such a log in process (no socket; virtual time):
 ``--authors`` engines each draw the comparison's mouse-like strokes (120 points a second,
 widths 2 to 20, scripts/bench_systems.py) for ``--seconds``, interleaved as in a room,
-and one more engine receives every datagram, as every peer of the room does. Then, on that receiver,
-wall time of:
+and one more engine receives every datagram, as every peer of the room does. Then, on
+that receiver, wall time of:
 
 * an **undo** and a **redo** of each author's latest stroke (the receiver taking in the
   author's toggle and showing the result);
