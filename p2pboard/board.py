@@ -818,13 +818,13 @@ class Board:
         operation and stamp, same rows, each starting where the last ended) are painted as
         one rectangle, in one copy when nothing at or above their stamp lies under it. A
         NumPy call on a piece of a few hundred pixels costs a receiver that woke with cold
-        caches several microseconds, as much as the copy (BENCHMARKS.md): painting a band in
-        one go saves four of them a piece, and pieces decoded from the wire are un-filtered
-        together (ops.side_by_side), not one by one. The view is a per-pixel maximum, so the
-        order pieces are painted in does not change it. A piece waits only while its
-        operation is visible (an undo or redo paints what waits first), so it is painted
-        even if it has meanwhile been folded into the base: it shows either way; a rebuild
-        of the view (_sync) paints everything and drops what waits."""
+        caches several microseconds, as much as the copy (docs/BENCHMARK-HISTORY.md):
+        painting a band in one go saves four of them a piece, and pieces decoded from the
+        wire are un-filtered together (ops.side_by_side), not one by one. The view is a
+        per-pixel maximum, so the order pieces are painted in does not change it. A piece
+        waits only while its operation is visible (an undo or redo paints what waits first),
+        so it is painted even if it has meanwhile been folded into the base: it shows either
+        way; a rebuild of the view (_sync) paints everything and drops what waits."""
         pending, self._pending = self._pending, []
         self._paint_strips(pending, self._stamp, self._color)
 

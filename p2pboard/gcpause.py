@@ -12,7 +12,7 @@ the peer reads nothing. Two kinds of object make those walks long:
 
 A headless peer after a few seconds of drawing walked about 36,000 objects in 14-17 ms of
 CPU; in the 8-peer stroke benchmark every peer, allocating alike, did so at the same
-moment, and that stall of 40-70 ms made the run's p99 latency (docs/BENCHMARKS.md).
+moment, and that stall of 40-70 ms made the run's p99 latency (docs/BENCHMARK-HISTORY.md).
 CPython starts a full collection when what survived the younger generations since the
 last one exceeds a quarter of what the last one kept, so they keep coming as the log
 grows, each longer: one engine taking in 8 authors drawing without a pause (in process,

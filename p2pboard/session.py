@@ -2612,7 +2612,7 @@ MAX_PARITY_BLOCKS = 4096
 #: 2%: on 2 shared cores a loss that waits for a NACK waits for the receiver's backlog
 #: first, 15-25 ms at the median, so the repair p95 is set by how many do. At 10% loss
 #: that is 5 symbols a block instead of 4; in three alternations of image-16-loss10 the
-#: p95 went from 8.1-14.0 ms to 7.1-8.1 for 13% more repairs. BENCHMARKS.md.)
+#: p95 went from 8.1-14.0 ms to 7.1-8.1 for 13% more repairs. BENCHMARK-HISTORY.md.)
 PROACTIVE_MAX = 8
 PROACTIVE_MISS = 0.01
 PROACTIVE_SAMPLE = 16

@@ -51,7 +51,7 @@ VERSION = 10
 #: Largest UDP payload we send or accept. A LAN's MTU is 1500 bytes (1472 of UDP payload);
 #: 1400, as NORM's default segment, leaves room for an overlay that bridges the LAN (VXLAN,
 #: GRE), so nothing is fragmented. Fewer, fuller datagrams are the cheaper: what a receiver
-#: spends on a datagram grows much less than its size (BENCHMARKS.md).
+#: spends on a datagram grows much less than its size (BENCHMARK-HISTORY.md).
 MAX_DATAGRAM = 1400
 
 HEADER = struct.Struct("!2sBBBIIHH")
