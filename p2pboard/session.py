@@ -420,7 +420,8 @@ class Engine:
         # completes; this sample's blocks completed, and what each requester NACKed.
         self.proactive = 0
         self._par_blocks = 0
-        self._par_nacked: dict[int, tuple[int, int]] = {}  # requester -> (named, blocks)
+        #: requester -> (symbols named, the blocks named: up to PAR_NACKED_BLOCKS of them)
+        self._par_nacked: dict[int, tuple[int, set[int]]] = {}
         #: what we miss of what is sent to us (reported in our SESSION, see loss.py)
         self.loss_meter = LossMeter()
         self._session_count = 0
@@ -610,7 +611,7 @@ class Engine:
         if self.proactive < floor:
             self.proactive = floor
         blocks = self._par_blocks
-        nacked = [(named, nb) for named, nb in self._par_nacked.values() if nb > 1]
+        nacked = [(named, len(bs)) for named, bs in self._par_nacked.values() if len(bs) > 1]
         # Too little parity shows before a whole sample has gone out: raise it then (a
         # paste that meets loss starts sending parity within a few blocks). Only NACKs
         # for blocks sent with the current amount count (_on_nack), so requests still on
@@ -1552,11 +1553,16 @@ class Engine:
             since = self._par_from
             asked = [(f, c) for f, c in n.ranges if wire.fec_block(f) >= since]
             if asked:
-                named, nb = self._par_nacked.get(requester, (0, 0))
-                self._par_nacked[requester] = (
-                    named + sum(c for _, c in asked),
-                    nb + len({b for f, c in asked
-                              for b in range(wire.fec_block(f), wire.fec_block(f + c - 1) + 1)}))
+                # Blocks counted once each: a receiver names a block's gaps as each one's
+                # wait ends, in several NACKs (counted per NACK, one block NACKed in three
+                # raised the parity as two blocks would).
+                named, bs = self._par_nacked.get(requester, (0, set()))
+                for f, c in asked:
+                    for b in range(wire.fec_block(f), wire.fec_block(f + c - 1) + 1):
+                        if len(bs) >= PAR_NACKED_BLOCKS:
+                            break
+                        bs.add(b)
+                self._par_nacked[requester] = (named + sum(c for _, c in asked), bs)
         if n.source == self.id and n.attempt == 1 and len(self._rate_nacked) < 4096:
             self._rate_nacked[requester] = self._rate_nacked.get(requester, 0) + sum(
                 max(0, min(first + count - 1, self._sent_seq) - first + 1)
@@ -2591,6 +2597,8 @@ SNAP_OFFERED_KEEP = 1.0
 #: seconds between the turns of peers answering a snapshot request to anyone (at least)
 SNAP_ANSWER_SLOT = 0.025
 _RANK = struct.Struct("!II")
+#: Blocks of ours one receiver's NACKs are counted in, per sample (Engine._adapt_parity)
+PAR_NACKED_BLOCKS = 64
 #: message types handled before the receive queue (Engine.urgent), besides repairs
 _URGENT = frozenset((wire.MsgType.NACK, wire.MsgType.SNAP_REQ, wire.MsgType.SNAP_META))
 #: A SESSION count further on than this from the last one heard is a restart of the
