@@ -152,6 +152,7 @@ class Stats:
     recovered: int = 0  # missing datagrams that arrived later
     recovered_after_nack: int = 0  # ... of which we had NACKed first (a round trip)
     gaps_queued: int = 0  # ... of which had arrived before we counted them missing
+    gaps_read: int = 0  # gaps found as datagrams were read into the receive queue
     nacks_sent: int = 0
     nacks_received: int = 0
     nacks_suppressed: int = 0
@@ -240,6 +241,14 @@ class Source:
     finished: int = 0  # the seq of its goodbye: once held up to it, nothing more can come
     heard: float = -1e9  # when its author last sent us something itself (not a repair)
     parity_block: int = -1  # the latest block it sent proactive parity for
+    #: The highest DATA number of it read so far, into the edge's receive queue or handed
+    #: over (Engine.note_read), and the highest handed over. (``highest``, the highest
+    #: known to exist, may be above both: a third party's SESSION tells it.)
+    read: int = 0
+    handed: int = 0
+    parity_read: int = -1  # the latest block whose proactive parity was read
+    #: block -> proactive parity symbols of it read (recent blocks only)
+    parity_reads: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -400,10 +409,12 @@ class Engine:
         #: date). Who is silent is judged at that time, not now: a peer seconds behind on
         #: its queue has not heard, yet, what the others sent since (see _heard_until).
         self.queued_since: float | None = None
+        self._noted = False  # the datagram being handled was seen by note_read
         # Parity: per block of ours, the next parity index and when parity went out;
         # per (source, block) of others', the parity symbols held until it can be rebuilt.
         self._parity_out: dict[int, _BlockParity] = {}
         self._parity_in: dict[tuple[int, int], dict[int, bytes]] = {}
+        self._parity_answers: dict[tuple[int, int], int] = {}  # of which answered NACKs
         self._parity_in_at: dict[tuple[int, int], float] = {}
         self._parity_count = 0
         self._now = now
@@ -726,8 +737,9 @@ class Engine:
             cands.append(self._probe_answer_at)
         for s in self._sources.values():
             if s.missing:
+                memo: dict[int, int] = {}
                 due = min((d for seq, m in s.missing.items()
-                           if (d := self._nack_due(s, seq, m)) is not None), default=None)
+                           if (d := self._nack_due(s, seq, m, memo)) is not None), default=None)
                 if due is not None:
                     cands.append(due)
         if self._holder_repairs:
@@ -1052,10 +1064,91 @@ class Engine:
         return (len(data) >= wire.HEADER.size and data[:2] == wire.MAGIC
                 and int.from_bytes(data[5:9], "big") == self.id)
 
-    def receive_datagram(self, data: bytes, addr: tuple | None, now: float) -> None:
+    def note_read(self, data: bytes, addr: tuple | None, at: float, now: float) -> bool:
+        """``data`` (arrived at ``at``) was just read at ``now`` into the edge's receive
+        queue, behind others not yet handed over: if it is an author's own DATA or
+        proactive parity, what it shows missing is missing now, not when the queue
+        reaches it. (A receiver behind on a paste found a loss only after its backlog,
+        and its NACK left 25 ms after the datagram that showed the gap.) A glance at the
+        header, checked as :meth:`receive_datagram` would (version, size, the host the
+        sender id is bound to, the receive window, flood quarantine); the datagram is
+        handled in full when its turn comes. True if it was noted (the edge hands that
+        over with it). Never raises."""
+        if (self._opener is not None or addr is None or len(data) < _HEAD_SIZE
+                or data[:2] != wire.MAGIC):
+            return False
+        _, version, mtype, flags, sender, seq, width, height = _HEAD.unpack_from(data)
+        if mtype == wire.MsgType.PARITY:
+            limit = wire.MAX_WIRE
+        elif mtype == wire.MsgType.DATA:
+            limit = wire.MAX_DATAGRAM
+        else:
+            return False
+        if (flags & wire.FLAG_REPAIR or version != wire.VERSION or sender == self.id
+                or len(data) > limit or (width, height) != self.size):
+            return False
+        src = self._sources.get(sender)
+        bound = self._bound.get(sender)
+        if (src is None or not src.anchored or src.given_up or seq == 0
+                or bound is None or bound[0] != addr[0]
+                or (self._quarantine and self._quarantined(sender, now))):
+            return False
+        if mtype == wire.MsgType.PARITY:
+            if len(data) < _HEAD_SIZE + 4:
+                return False
+            top = (int.from_bytes(data[_HEAD_SIZE:_HEAD_SIZE + 4], "big") + 1) * wire.FEC_K
+            if top > seq or top <= src.contiguous:
+                return False  # parity it says it has not sent, or of what we hold: dropped
+        else:
+            top = seq - 1
+        if top > src.contiguous + self.timers.receive_window:
+            return False
+        if mtype == wire.MsgType.PARITY:
+            self._count_parity_read(src, wire.fec_block(top))
+        lo = max(src.read, src.contiguous) + 1
+        if mtype == wire.MsgType.DATA and seq > src.read:
+            src.read = seq
+            # The loss meter counts as datagrams are read (what is received and what is
+            # missed alike: counting one when read and the other when handled made a
+            # receiver seconds behind report several times its loss).
+            self.loss_meter.received()
+        if top < lo or len(src.missing) + top - lo + 1 > self.timers.snapshot_gap:
+            return True  # nothing skipped, or so much that its turn will ask for a snapshot
+        p = self._peers.get(sender)
+        missing = src.missing
+        for s in range(lo, top + 1):
+            m = missing.get(s)
+            if m is not None:
+                # Known from a third party's report, so far maybe in our queue: it is not.
+                m.soft = False
+            elif s not in src.held:
+                missing[s] = Miss(now + self._nack_delay(), 0, at)
+                self.stats.gaps += 1
+                self.stats.gaps_read += 1
+                self.loss_meter.missed()
+                if p is not None:
+                    p.lost += 1
+        return True
+
+    def _count_parity_read(self, src: Source, b: int) -> None:
+        """One proactive parity symbol of block ``b`` of ``src`` read."""
+        reads = src.parity_reads
+        reads[b] = reads.get(b, 0) + 1
+        if b > src.parity_read:
+            src.parity_read = b
+        if len(reads) > PARITY_READS_KEPT:
+            floor = max(wire.fec_block(src.contiguous + 1),
+                        src.parity_read - PARITY_READS_KEPT // 2)
+            for k in [k for k in reads if k < floor]:
+                del reads[k]
+
+    def receive_datagram(self, data: bytes, addr: tuple | None, now: float,
+                         noted: bool = False) -> None:
         """One datagram from the network, sent from ``addr`` ((host, port), or None when
-        unknown). Never raises on bad input: counts and drops."""
+        unknown); ``noted``: :meth:`note_read` saw it (and said so) when it was read.
+        Never raises on bad input: counts and drops."""
         self._now = max(self._now, now)
+        self._noted = noted
         st = self.stats
         st.datagrams_received += 1
         st.bytes_received += len(data)
@@ -1247,6 +1340,9 @@ class Engine:
             src.highest = highest
             return
         lo = max(src.highest + 1, src.contiguous + 1)
+        if soft:
+            # What we have read into our queue, or found missing as we read, is not news.
+            lo = max(lo, src.read + 1)
         if len(src.missing) + highest - lo + 1 > self.timers.snapshot_gap:
             # Too many datagrams missing to ask for one by one: a snapshot. (Counted, not
             # measured from contiguous: during a paste with loss, the span above the first
@@ -1330,14 +1426,19 @@ class Engine:
             return
         if not repair:
             src.heard = now
+            if seq > src.handed:
+                src.handed = seq
+                if seq > src.read:
+                    src.read = seq
         if seq <= src.contiguous or seq in src.held:
             self.stats.duplicates += 1
             return
-        if repair and src.anchored and seq > src.highest:
+        if repair and src.anchored and seq > src.highest and seq not in src.missing:
             # Nobody has told us this datagram exists yet: someone else's NACK was answered
             # before the news reached us, or it is a forgery meant to pre-empt the author's
             # own datagram. Hold it until we learn the datagram exists; the author's own
-            # copy, if it comes first, wins.
+            # copy, if it comes first, wins. (One we know is missing, from what we read
+            # into our receive queue, is taken at once.)
             self._hold_early_repair(src, seq, data, now)
             return
         if src.anchored and seq > src.contiguous + self.timers.receive_window:
@@ -1360,13 +1461,16 @@ class Engine:
         if len(src.held) >= self.timers.receive_window:
             self.stats.rejected_window += 1
             return
-        self._announce(src, seq - 1, now)
+        if not repair:
+            # (A repair jumped our queue: what is below it may be there. One above what
+            # we know exists was held until we knew, see above.)
+            self._announce(src, seq - 1, now)
         miss = src.missing.pop(seq, None)
         if not repair:
-            if miss is None:
-                self.loss_meter.received()
-            else:
+            if miss is not None:
                 self.loss_meter.late()
+            elif not self._noted:
+                self.loss_meter.received()  # else counted when read (note_read)
         if miss is not None:
             self.stats.recovered += 1
             if now >= miss.detected:
@@ -1414,11 +1518,13 @@ class Engine:
             return
         for seq in sorted(s for s in held if s <= src.highest or s <= src.contiguous
                           or s in src.held):
-            _, data = held.pop(seq)
+            came, data = held.pop(seq)
             self._early_count -= 1
             if seq > src.contiguous and seq not in src.held:
+                # held since it came: its repair delay counts to then, not to when the
+                # datagram that released it arrived (it may have waited in our queue)
                 self._on_data(wire.decode_header(data), memoryview(data)[wire.HEADER.size:],
-                              data, now)
+                              data, max(now, came))
         if not held:
             self._early.pop(src.id, None)
 
@@ -1653,7 +1759,15 @@ class Engine:
 
     def _parity_need(self, src: Source, b: int) -> int:
         """How many more symbols of block ``b`` we need to rebuild it: FEC_K less the
-        datagrams we hold (and still have the bytes of) and the parity we hold."""
+        datagrams we hold (and still have the bytes of) and the parity we hold. For a
+        block read but not yet handed over in full (its datagrams wait in our receive
+        queue): the datagrams we lack less the proactive parity read for it and the
+        parity held that answered NACKs."""
+        if src.handed <= (b + 1) * wire.FEC_K and self._read_past(src, b):
+            lacking = sum(1 for s in wire.fec_seqs(b)
+                          if (m := src.missing.get(s)) is not None and not m.soft)
+            return (lacking - src.parity_reads.get(b, 0)
+                    - self._parity_answers.get((src.id, b), 0))
         usable = len(self._parity_in.get((src.id, b), ()))
         for s in wire.fec_seqs(b):
             if (s <= src.contiguous or s in src.held) and (src.id, s) in self._cache:
@@ -1729,6 +1843,8 @@ class Engine:
             self.stats.ignored_parity += 1
             return
         if not h.flags & wire.FLAG_REPAIR:
+            if not self._noted:
+                self._count_parity_read(src, p.block)
             # Proactive parity comes right behind its block, in order (it does not jump
             # receive queues): whatever of the block we lack now is lost, even its last
             # datagram, which nothing else would show missing until the next block came
@@ -1758,6 +1874,8 @@ class Engine:
         held[p.index] = p.symbol
         self._parity_count += 1
         self._parity_in_at[key] = now
+        if h.flags & wire.FLAG_REPAIR:
+            self._parity_answers[key] = self._parity_answers.get(key, 0) + 1
         self._rebuild(src, p.block, now)
 
     def _rebuild(self, src: Source, b: int, now: float) -> None:
@@ -1782,6 +1900,10 @@ class Engine:
             return
         if len(held) + len(pars) < wire.FEC_K:
             return
+        # Held since the last of its symbols came (parity that jumped our queue waited for
+        # the block's datagrams queued behind it, and they for it): repair delays count
+        # from then, not from when a queued datagram arrived.
+        now = max(now, self._parity_in_at.get(key, now))
         self._drop_parity(key)
         try:
             bodies = fec.rebuild(held, pars)
@@ -1801,6 +1923,7 @@ class Engine:
     def _drop_parity(self, key: tuple[int, int]) -> None:
         held = self._parity_in.pop(key, None)
         self._parity_in_at.pop(key, None)
+        self._parity_answers.pop(key, None)
         if held:
             self._parity_count -= len(held)
 
@@ -2385,20 +2508,37 @@ class Engine:
         # must not make every receiver ask again at once.
         return min(t.retry_max, base * (2 ** max(0, attempt - 1))) + self._nack_delay()
 
-    def _queued_maybe(self, src: Source, seq: int, m: Miss) -> bool:
+    def _queued_maybe(self, src: Source, seq: int, m: Miss, memo: dict[int, int]) -> bool:
         """With datagrams waiting in our receive queue: may what fills this gap be among
         them? A gap known only from a third party's report (it may be queued itself), and
-        one in a block of a source that sends proactive parity, while nothing after that
-        block has been read: its parity is queued right behind the block. Such gaps are
-        not NACKed until the queue is empty or the next block shows up. (A receiver far
-        behind on a big paste NACKed what the parity in its queue would have rebuilt.)"""
+        one in a block of a source that sends proactive parity while nothing after that
+        block has been read (its parity comes right behind it), and one in a block whose
+        parity, read or held, will rebuild it when its turn comes. Such gaps are not
+        NACKed until the queue is empty or that is settled. (A receiver far behind on a
+        big paste NACKed what the parity in its queue would have rebuilt; one that waited
+        for its queue to reach the next block NACKed 25 ms after the gap showed.) ``memo``:
+        block -> symbols lacking, for the gaps of one source looked at together."""
         if m.soft:
             return True
         b = wire.fec_block(seq)
-        return (m.attempt == 0 and src.parity_block >= b - 1
-                and src.highest <= (b + 1) * wire.FEC_K)
+        if src.handed > (b + 1) * wire.FEC_K:
+            return False  # its turn has come, its parity with it
+        if not self._read_past(src, b):
+            return m.attempt == 0 and max(src.parity_block, src.parity_read) >= b - 1
+        # Read: the parity for it read or held (answers to an earlier NACK included)
+        # will rebuild it when its turn comes.
+        need = memo.get(b)
+        if need is None:
+            need = memo[b] = self._parity_need(src, b)
+        return need <= 0
 
-    def _nack_due(self, src: Source, seq: int, m: Miss) -> float | None:
+    @staticmethod
+    def _read_past(src: Source, b: int) -> bool:
+        """Has everything of block ``b`` of ``src`` been read (handed over or queued),
+        its proactive parity included? (Something after it has been.)"""
+        return src.read > (b + 1) * wire.FEC_K or src.parity_read > b
+
+    def _nack_due(self, src: Source, seq: int, m: Miss, memo: dict[int, int]) -> float | None:
         """When to NACK this gap; None while what fills it may be in our receive queue
         (_queued_maybe). With the queue empty, a gap in a block of a source that sends
         proactive parity (it did for the block before), while neither the end of the
@@ -2408,7 +2548,7 @@ class Engine:
         (measured on the benchmark's shared cores: 76% of first NACKs at 10% loss were
         for such blocks, and the parity that came after them filled most)."""
         if self.backlog:
-            return None if self._queued_maybe(src, seq, m) else m.due
+            return None if self._queued_maybe(src, seq, m, memo) else m.due
         b = wire.fec_block(seq)
         if (m.attempt == 0 and b > 0 and src.parity_block == b - 1
                 and src.highest <= (b + 1) * wire.FEC_K):
@@ -2416,8 +2556,9 @@ class Engine:
         return m.due
 
     def _nack_timer(self, src: Source, now: float) -> None:
+        memo: dict[int, int] = {}
         due = sorted(s for s, m in src.missing.items()
-                     if (d := self._nack_due(src, s, m)) is not None and d <= now)
+                     if (d := self._nack_due(src, s, m, memo)) is not None and d <= now)
         if not due:
             return
         t = self.timers
@@ -2435,7 +2576,7 @@ class Engine:
             b = wire.fec_block(s)
             if b not in mode:
                 mode[b] = False
-                if coded and (b + 1) * k <= src.highest:
+                if coded and (b + 1) * k <= max(src.highest, src.read):
                     need = self._parity_need(src, b)
                     missing = sum(1 for x in wire.fec_seqs(b)
                                   if x in src.missing)
@@ -2597,8 +2738,14 @@ SNAP_OFFERED_KEEP = 1.0
 #: seconds between the turns of peers answering a snapshot request to anyone (at least)
 SNAP_ANSWER_SLOT = 0.025
 _RANK = struct.Struct("!II")
+_HEAD = wire.HEADER
+_HEAD_SIZE = wire.HEADER.size
 #: Blocks of ours one receiver's NACKs are counted in, per sample (Engine._adapt_parity)
 PAR_NACKED_BLOCKS = 64
+#: Blocks per source whose proactive parity read is counted (Source.parity_reads; pruned
+#: to the latest half): a receive window's worth, more than a receive queue holds
+#: (QUEUE_MAX datagrams in net/edge.py).
+PARITY_READS_KEPT = 2048
 #: message types handled before the receive queue (Engine.urgent), besides repairs
 _URGENT = frozenset((wire.MsgType.NACK, wire.MsgType.SNAP_REQ, wire.MsgType.SNAP_META))
 #: A SESSION count further on than this from the last one heard is a restart of the

@@ -230,7 +230,7 @@ class P2pPeer(Common):
         eng.board.merge = timed_merge
         receive, seen, types = eng.receive_datagram, self.seen, self.types
 
-        def counted_receive(data, addr, now):
+        def counted_receive(data, addr, now, noted=False):
             try:
                 h = wire.decode_header(data)
             except wire.DecodeError:
@@ -239,7 +239,7 @@ class P2pPeer(Common):
                 types[h.type] = types.get(h.type, 0) + 1
                 if h.type == wire.MsgType.DATA and not h.flags & wire.FLAG_REPAIR:
                     seen.setdefault(h.sender, set()).add(h.seq)
-            receive(data, addr, now)
+            receive(data, addr, now, noted)
 
         if self.track_seen:
             eng.receive_datagram = counted_receive

@@ -30,7 +30,7 @@ import numpy as np
 
 from p2pboard import store, wire
 from p2pboard.config import Config
-from p2pboard.session import MAX_REPAIR_QUEUE, Engine
+from p2pboard.session import MAX_REPAIR_QUEUE, PARITY_READS_KEPT, Engine
 
 W, H = 96, 64
 SIZE = (W, H)
@@ -39,17 +39,21 @@ ADDR = {A: ("198.18.0.1", 47777), B: ("198.18.0.2", 47777), C: ("198.18.0.3", 47
         F: ("198.18.0.6", 47777)}
 
 
+#: datagrams read ahead into a receive queue (Engine.note_read) in :func:`feed`
+READ_AHEAD = 4
+
+
 @functools.cache
 def _takes_addr() -> bool:
     return "addr" in inspect.signature(Engine.receive_datagram).parameters
 
 
 def receive(engine: Engine, data: bytes, now: float,
-            addr: tuple[str, int] = ("198.18.0.9", 47777)) -> None:
+            addr: tuple[str, int] = ("198.18.0.9", 47777), noted: bool = False) -> None:
     """``engine.receive_datagram`` in whichever form the engine has: ``(data, addr, now)``
     once the sender's address is passed in, ``(data, now)`` before."""
     if _takes_addr():
-        engine.receive_datagram(data, addr, now)
+        engine.receive_datagram(data, addr, now, noted)
     else:
         engine.receive_datagram(data, now)
 
@@ -259,6 +263,8 @@ def check_bounds(e: Engine, fed: int) -> None:
         assert len(s.held) <= t.receive_window, (s.id, len(s.held))
         assert len(s.maxop) <= len(s.held) + 1, (s.id, len(s.maxop), len(s.held))
         assert s.contiguous <= max(s.highest, s.contiguous)
+        assert len(s.parity_reads) <= PARITY_READS_KEPT, (s.id, len(s.parity_reads))
+    assert e._parity_answers.keys() <= e._parity_in.keys()
     assert len(e._repairs) <= MAX_REPAIR_QUEUE
     assert e._cache_bytes <= t.repair_cache_bytes
     assert e._cache_bytes == sum(len(d) for d in e._cache.values())
@@ -276,11 +282,21 @@ def check_bounds(e: Engine, fed: int) -> None:
 def feed(engine: Engine, now: float, datagrams: list[bytes], step: float = 0.002) -> float:
     """Feed datagrams one by one (timers run in between); check after each that the board
     changed only for a valid DATA datagram (or a snapshot transfer in progress), and that
-    every table stays bounded. Returns the virtual time at the end."""
+    every table stays bounded. As the edge does with a receive queue, each group of
+    READ_AHEAD datagrams is shown to ``Engine.note_read`` first, which must not change the
+    board either. Returns the virtual time at the end."""
+    noted: list[bool] = []
     for i, d in enumerate(datagrams):
+        if i % READ_AHEAD == 0:
+            before = engine.board.digest()
+            group = datagrams[i:i + READ_AHEAD]
+            engine.backlog = len(group)
+            noted = [engine.note_read(g, ("198.18.0.9", 47777), now, now) for g in group]
+            assert engine.board.digest() == before, "note_read changed the board"
+        engine.backlog = READ_AHEAD - 1 - i % READ_AHEAD
         before = engine.board.digest()
         fetching = engine._fetch is not None and engine._fetch.snap_id != 0
-        receive(engine, d, now)
+        receive(engine, d, now, noted=noted[i % READ_AHEAD])
         if not valid(engine, d) and not (fetching and d[3:4] == bytes([wire.MsgType.SNAP_CHUNK])):
             assert engine.board.digest() == before, f"datagram {i} changed the board: {d!r}"
         now = round(now + step, 6)
@@ -294,6 +310,7 @@ def feed(engine: Engine, now: float, datagrams: list[bytes], step: float = 0.002
             pass
         check_bounds(engine, i + 1)
     # Let every timer run out: a NACK retry, expiry, snapshot give-up.
+    engine.backlog = 0
     for _ in range(8):
         now = round(now + 0.6, 6)
         engine.handle_timer(now)

@@ -173,17 +173,20 @@ class SimNet:
             if rng.random() < f.reorder:
                 delay += rng.random() * f.reorder_delay
             arrival = None
+            # [datagram, sender, arrival if it waits its turn, noted when read]
+            payload = [d, src.addr, None, False]
             if q.cost and not q.engine.urgent(d):
-                arrival = self.now + delay
+                arrival = payload[2] = self.now + delay
                 start = max(arrival, q.busy_until)
                 q.busy_until = start + q.cost
                 delay = start - self.now
                 bisect.insort(q.waiting, arrival)
-            heapq.heappush(self._q, (self.now + delay, next(self._tie), "recv", q,
-                                     (d, src.addr, arrival)))
+                # read into the queue as it arrives (the edge's Engine.note_read)
+                heapq.heappush(self._q, (arrival, next(self._tie), "read", q, payload))
+            heapq.heappush(self._q, (self.now + delay, next(self._tie), "recv", q, payload))
             if rng.random() < f.duplicate:
                 heapq.heappush(self._q, (self.now + delay + rng.random() * 0.002,
-                                         next(self._tie), "recv", q, (d, src.addr, None)))
+                                         next(self._tie), "recv", q, [d, src.addr, None, False]))
         if is_data and not repair and lost_here:
             t.loss_events += 1
             t.lost_copies += lost_here
@@ -200,6 +203,9 @@ class SimNet:
                 if p.cost:
                     self._queue_state(p)
                 p.engine.handle_timer(self.now)
+            elif kind == "read":
+                self._queue_state(p)
+                payload[3] = p.engine.note_read(payload[0], payload[1], payload[2], self.now)
             else:
                 if payload[2] is not None:
                     del p.waiting[bisect.bisect_left(p.waiting, payload[2])]
@@ -208,7 +214,8 @@ class SimNet:
                 # As the edge does: a datagram that waited its turn is given the time it
                 # arrived, not the time it is processed.
                 p.engine.receive_datagram(payload[0], payload[1],
-                                          self.now if payload[2] is None else payload[2])
+                                          self.now if payload[2] is None else payload[2],
+                                          payload[3])
             self._after(p)
         self.now = max(self.now, t_end)
 

@@ -74,7 +74,8 @@ def run_edge(inbox: list[bytes], monkeypatch, batch: int = 4):
     async def main():
         e = Engine(Config(size=SIZE), peer_id=1)
         real = e.receive_datagram
-        e.receive_datagram = lambda d, a, now: (order.append(d), real(d, a, now))
+        e.receive_datagram = lambda d, a, now, noted=False: (order.append(d),
+                                                             real(d, a, now, noted))
         ed = Edge(e, FakeSocket(inbox), ("239.0.0.1", 5000), loop=asyncio.get_running_loop())
         ed._readable()  # after a quiet time: one datagram, handed over at once
         assert order == inbox[:1] and not ed._queue
@@ -88,6 +89,44 @@ def run_edge(inbox: list[bytes], monkeypatch, batch: int = 4):
 
     ed, first = asyncio.run(main())
     return ed, first, order
+
+
+def test_every_datagram_queued_is_shown_to_the_engine_as_it_is_read(monkeypatch):
+    """The engine finds gaps in what waits in the queue (Engine.note_read): every datagram
+    queued in order, none that jumps the queue, each before it is handed over, with what
+    note_read said handed over with it. (One handed over at once is not queued.)"""
+    monkeypatch.setattr(edge_mod, "PROCESS_BATCH", 4)
+    inbox = [data(s) for s in range(1, 8)] + [data(3, wire.FLAG_REPAIR)] + [data(8)]
+    events: list[tuple] = []
+
+    async def main():
+        e = Engine(Config(size=SIZE), peer_id=1)
+        real = e.receive_datagram
+
+        def note(d, addr, at, now):
+            events.append(("read", d))
+            return int.from_bytes(d[9:13], "big") % 2 == 0  # what the engine says
+
+        def receive(d, addr, now, noted=False):
+            events.append(("handed", d, noted))
+            real(d, addr, now, noted)
+
+        e.note_read, e.receive_datagram = note, receive
+        ed = Edge(e, FakeSocket(inbox), ("239.0.0.1", 5000), loop=asyncio.get_running_loop())
+        ed._readable()  # one datagram, handed over at once
+        ed._readable()  # the burst behind it: queued
+        for _ in range(20):
+            await asyncio.sleep(0)
+        ed.close()
+
+    asyncio.run(main())
+    assert events[0] == ("handed", inbox[0], False)
+    reads = [ev[1] for ev in events if ev[0] == "read"]
+    assert reads == inbox[1:7] + inbox[8:]  # in order; not the repair
+    for d in reads:
+        seq = int.from_bytes(d[9:13], "big")
+        assert events.index(("read", d)) < events.index(("handed", d, seq % 2 == 0))
+    assert ("handed", inbox[7], False) in events
 
 
 def test_repairs_and_nacks_go_before_the_backlog_and_the_rest_keeps_its_order(monkeypatch):
@@ -111,9 +150,9 @@ def test_the_engine_knows_when_the_oldest_datagram_still_queued_arrived(monkeypa
         e = Engine(Config(size=SIZE), peer_id=1)
         real = e.receive_datagram
 
-        def spy(d, a, now):
+        def spy(d, a, now, noted=False):
             seen.append((e.backlog, e.queued_since, now))
-            real(d, a, now)
+            real(d, a, now, noted)
 
         e.receive_datagram = spy
         ed = Edge(e, FakeSocket([data(s) for s in range(1, 11)]), ("239.0.0.1", 5000),
@@ -160,7 +199,7 @@ def test_mouse_rate_datagrams_go_to_the_engine_one_wake_up_each(monkeypatch):
         e = Engine(Config(size=SIZE), peer_id=1, now=loop.time())
         got = []
         real = e.receive_datagram
-        e.receive_datagram = lambda d, a, now: (got.append(d), real(d, a, now))
+        e.receive_datagram = lambda d, a, now, noted=False: (got.append(d), real(d, a, now, noted))
         sock = Counting([])
         ed = Edge(e, sock, ("239.0.0.1", 5000), loop=loop)
         for s in range(1, 6):
@@ -272,7 +311,7 @@ def stream_through_edge(gap: float, count: int):
         e = Engine(Config(size=SIZE), peer_id=1, now=loop.time())
         got: list[bytes] = []
         real = e.receive_datagram
-        e.receive_datagram = lambda d, a, now: (got.append(d), real(d, a, now))
+        e.receive_datagram = lambda d, a, now, noted=False: (got.append(d), real(d, a, now, noted))
         sock = StreamSocket(loop, gap, count)
         ed = Edge(e, sock, ("239.0.0.1", 5000), loop=loop)
         ed.start()
@@ -344,9 +383,9 @@ def test_a_datagram_that_waited_in_the_kernel_makes_the_edge_read_the_backlog_fi
         e = Engine(Config(size=SIZE), peer_id=1, now=loop.time())
         real = e.receive_datagram
 
-        def spy(d, a, now):
+        def spy(d, a, now, noted=False):
             seen.append((e.backlog, e.queued_since))
-            real(d, a, now)
+            real(d, a, now, noted)
 
         e.receive_datagram = spy
         ed = Edge(e, FakeSocket([data(s) for s in range(1, 6)]), ("239.0.0.1", 5000),

@@ -105,7 +105,7 @@ def test_the_edge_trims_between_bursts_only(monkeypatch):
         ed.start()
         await asyncio.sleep(0.1)
         idle = counting.polls
-        ed._queue.append((b"x", None, 0.0))  # a burst being worked through
+        ed._queue.append((b"x", None, 0.0, False))  # a burst being worked through
         polls = counting.polls
         await asyncio.sleep(0.05)
         busy = counting.polls - polls

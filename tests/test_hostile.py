@@ -59,6 +59,52 @@ def test_a_spoofed_sender_id_from_another_address_is_refused():
     assert c.engine.board.digest() == a.engine.board.digest()
 
 
+def test_what_a_receive_queue_reads_is_judged_as_what_it_hands_over():
+    """Engine.note_read (a glance at each datagram as the edge queues it) marks gaps only
+    for an author's own DATA and proactive parity, from the address its id is bound to,
+    within the receive window: nothing forged, mangled or far-fetched invents a gap."""
+    net = SimNet(23)
+    a, b = start(net, 2)
+    rng = random.Random(3)
+    for _ in range(3):
+        scribble(net, a, rng)
+    net.settle()
+    e, aid, size, t = b.engine, a.engine.id, (W, H), net.now
+    nxt = a.engine.seq + 1
+
+    def data(seq, flags=0, sender=aid, dsize=size):
+        return wire.encode_header(wire.MsgType.DATA, sender, seq, dsize, flags) + b"x" * 40
+
+    parity = wire.encode_parity(aid, nxt, size, wire.Parity(nxt // wire.FEC_K + 1, 8, b"p" * 40))
+    refused = [
+        (data(nxt + 5), ATTACKER),  # a's id from another address
+        (data(nxt + 5, flags=wire.FLAG_REPAIR), a.addr),  # a repair: from anyone, jumps queues
+        (data(nxt + e.timers.receive_window + 2), a.addr),  # beyond the receive window
+        (data(nxt + 5, dsize=(W + 1, H)), a.addr),  # another board
+        (data(nxt + 5, sender=e.id), a.addr),  # our own
+        (data(nxt + 5)[:10], a.addr),  # cut short
+        (data(nxt + 5) + b"x" * wire.MAX_DATAGRAM, a.addr),  # over the size limit
+        (b"\x00" * 64, a.addr),
+        (b"", a.addr),
+        (parity, a.addr),  # parity of a block it says it has not sent
+        (data(nxt + 5), None),  # no address
+    ]
+    for d, addr in refused:
+        assert e.note_read(d, addr, t, t) is False, (d[:16], addr)
+    assert e.missing_count() == 0 and e.stats.gaps_read == 0
+    # The real thing: a's datagram nxt + 2, read while nxt + 1 is nowhere: nxt + 1 is
+    # missing from now; nothing changed on the board until the queue hands them over.
+    before = e.board.digest()
+    assert e.note_read(data(nxt + 2), a.addr, t, t) is True
+    src = e.source_state(aid)
+    assert list(src.missing) == [nxt, nxt + 1] and src.highest == nxt - 1
+    assert e.stats.gaps_read == 2 and e.board.digest() == before
+    # A flooding sender's datagrams are not looked at while it is quarantined.
+    e._quarantine[aid] = t + 10
+    assert e.note_read(data(nxt + 9), a.addr, t, t) is False
+    assert len(src.missing) == 2
+
+
 def test_a_repair_of_a_datagram_nobody_announced_is_refused():
     net = SimNet(22)
     a, b = start(net, 2)

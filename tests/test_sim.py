@@ -919,6 +919,58 @@ def test_a_lost_last_datagram_of_a_block_is_rebuilt_when_its_parity_arrives():
     assert b.engine.board.digest() == a.engine.board.digest()
 
 
+@pytest.mark.parametrize("parity_lost", [False, True])
+def test_a_busy_receiver_finds_a_gap_as_it_reads_and_nacks_only_what_its_queue_cannot_fill(
+        parity_lost):
+    """A receiver 5 ms a datagram behind on a paste knows a datagram is missing as soon as
+    it reads the one after it into its queue (Engine.note_read). With the block's parity
+    queued behind it, it waits and rebuilds it there; without it, its NACK leaves within
+    milliseconds, not when its queue gets to the block (here, about 0.2 s later), and the
+    repair waits in its tables for the block's turn."""
+    net = SimNet(21, size=(320, 240))
+    a = net.add_peer()
+    b = net.add_peer()
+    net.run_for(1.0)
+    lost, block = 43, 5  # block 5: datagrams 41-48
+
+    def delivered(s, d, dg):
+        if dg[4] & wire.FLAG_REPAIR:
+            return True
+        if dg[3] == wire.MsgType.DATA:
+            return int.from_bytes(dg[9:13], "big") != lost
+        if dg[3] == wire.MsgType.PARITY and parity_lost:
+            return wire.decode_parity(memoryview(dg)[wire.HEADER.size:]).block != block
+        return True
+
+    net.filter = delivered
+    b.cost = 0.005
+    a.engine.proactive = 2
+    net.act(a, lambda e, now: e.paste(_noise(320, 240, 21), 0, 0, now))
+    src = b.engine.source_state(a.engine.id)
+    nacked_at = found_at = None
+    while b.engine.board.digest() != a.engine.board.digest() or b.engine.backlog:
+        net.run_for(0.0005)
+        if found_at is None and lost in src.missing:
+            found_at, found_backlog = net.now, b.engine.backlog
+            assert src.highest < lost  # not yet handed over: found as it was read
+        if nacked_at is None and b.engine.stats.nacks_sent:
+            nacked_at, nacked_highest = net.now, src.highest
+        assert net.now < 30
+    st = b.engine.stats
+    assert found_at is not None and found_backlog > 20 and st.gaps_read == st.gaps == 1
+    assert st.recovered == 1 and st.parity_rebuilt == 1
+    if not parity_lost:
+        assert st.nacks_sent == 0, st  # the parity in its queue filled it
+        ast = a.engine.stats
+        assert ast.repairs_sent == 0 and ast.parity_sent == ast.parity_proactive, ast
+        return
+    assert st.nacks_sent == 1 and nacked_highest < lost, (st, nacked_highest)
+    assert nacked_at - found_at < 0.01, (found_at, nacked_at)
+    # the repair (one parity symbol) came in a round trip; the block's turn came long after
+    [latency] = b.engine.repair_latencies
+    assert latency < 0.01 and net.now - found_at > 0.1, (latency, found_at, net.now)
+
+
 def test_proactive_parity_per_block_is_the_fewest_that_leaves_few_losses_for_a_round_trip():
     from math import comb
 

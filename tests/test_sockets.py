@@ -213,7 +213,8 @@ def test_the_edge_hands_the_engine_each_datagrams_arrival_time_not_its_read_time
         time.sleep(0.2)  # the loop is busy elsewhere: the datagram waits in the kernel
         edge._drain()
         read_at = loop.time()
-        (_, _, at), = list(edge._queue)
+        (_, _, at, noted), = list(edge._queue)
+        assert noted is False  # not a p2pboard datagram
         assert sent_at - 0.01 <= at <= seen_at < read_at - 0.15, (sent_at, at, seen_at, read_at)
 
     asyncio.run(main())

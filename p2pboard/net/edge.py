@@ -9,9 +9,11 @@ was read. The round trips and repair delays the engine measures are then the net
 not our own backlog's, nor when this loop happened to read. Repairs, NACKs and snapshot
 requests and offers jump that queue (:meth:`Engine.urgent`): a peer that is behind on a
 big paste still answers and takes repairs within milliseconds, so a repair is not stuck
-behind a second of backlog and the others see it in time to suppress their own. The
-queue is bounded (:data:`QUEUE_MAX`); past it the kernel's buffer holds the rest, then
-drops, and the gaps are repaired like any loss. While datagrams stream in faster than
+behind a second of backlog and the others see it in time to suppress their own. The rest
+are shown to the engine as they are read (:meth:`Engine.note_read`, a glance at the
+header): a gap in an author's numbers is missing from then, and its NACK does not wait
+for the backlog ahead of it. The queue is bounded (:data:`QUEUE_MAX`); past it the
+kernel's buffer holds the rest, then drops, and the gaps are repaired like any loss. While datagrams stream in faster than
 mouse rate (a paste, a snapshot), the edge, once caught up, stops watching the socket
 for up to a millisecond so that the next wake-up reads a batch (:data:`COALESCE_RATE`):
 a wake-up costs about as much as decoding a datagram, and the arrival stamps keep the
@@ -117,8 +119,9 @@ class Edge:
         self._reports = 0
         self._report_timer: asyncio.TimerHandle | None = None
         # (datagram, sender address, loop time it arrived, see _drain)
-        self._urgent: deque[tuple[bytes, tuple, float]] = deque()  # repairs and NACKs
-        self._queue: deque[tuple[bytes, tuple, float]] = deque()  # the rest, in order
+        # (data, sender, arrival, noted: Engine.note_read saw it as it was read)
+        self._urgent: deque[tuple[bytes, tuple, float, bool]] = deque()  # repairs, NACKs
+        self._queue: deque[tuple[bytes, tuple, float, bool]] = deque()  # the rest, in order
         self._resume: asyncio.Handle | None = None
         #: most datagrams ever waiting in the edge's queue
         self.queue_peak = 0
@@ -281,7 +284,10 @@ class Edge:
             # It waited in the kernel: we were away (a long task, no CPU), and more are
             # likely waiting behind it. Read them all first, so that the engine knows its
             # backlog before any timer judges silence or timeouts (Engine.queued_since).
-            (self._urgent if self.engine.urgent(data) else self._queue).append(got)
+            if self.engine.urgent(data):
+                self._urgent.append((data, addr, at, False))
+            else:
+                self._queue.append((data, addr, at, self.engine.note_read(data, addr, at, now)))
             self._drain(now)
             self._process()
             return
@@ -339,6 +345,7 @@ class Edge:
     def _drain(self, now: float | None = None) -> None:
         """Move what the kernel holds into the queues (up to QUEUE_MAX)."""
         urgent, queue, is_urgent = self._urgent, self._queue, self.engine.urgent
+        note = self.engine.note_read
         room = QUEUE_MAX - len(queue) - len(urgent)
         if now is None:
             now = self.loop.time()
@@ -349,7 +356,13 @@ class Edge:
             got = recv(now, offset)
             if got is None:
                 break
-            (urgent if is_urgent(got[0]) else queue).append(got)
+            data, addr, at = got
+            if is_urgent(data):
+                urgent.append((data, addr, at, False))
+            else:
+                # Every datagram queued is shown to the engine as it is read: the gaps it
+                # reveals are missing now, not when its turn comes (Engine.note_read).
+                queue.append((data, addr, at, note(data, addr, at, now)))
         n = len(queue) + len(urgent)
         if n > self.queue_peak:
             self.queue_peak = n
@@ -363,9 +376,9 @@ class Edge:
         urgent, queue = self._urgent, self._queue
         for _ in range(PROCESS_BATCH):
             if urgent:
-                data, addr, at = urgent.popleft()
+                data, addr, at, noted = urgent.popleft()
             elif queue:
-                data, addr, at = queue.popleft()
+                data, addr, at, noted = queue.popleft()
             else:
                 break
             engine.backlog = len(urgent) + len(queue)
@@ -374,7 +387,7 @@ class Edge:
             try:
                 # ``at``: when it arrived (see _drain), not now: round trips and repair
                 # delays measured by the engine are the network's, not our backlog's.
-                engine.receive_datagram(data, addr, at)
+                engine.receive_datagram(data, addr, at, noted)
             except Exception:  # noqa: BLE001 - a bug must not take the peer down
                 self._fault("engine failed on a datagram", exc_info=True)
         engine.backlog = len(urgent) + len(queue)
