@@ -13,11 +13,11 @@ behind a second of backlog and the others see it in time to suppress their own. 
 are shown to the engine as they are read (:meth:`Engine.note_read`, a glance at the
 header): a gap in an author's numbers is missing from then, and its NACK does not wait
 for the backlog ahead of it. The queue is bounded (:data:`QUEUE_MAX`); past it the
-kernel's buffer holds the rest, then drops, and the gaps are repaired like any loss. While datagrams stream in faster than
-mouse rate (a paste, a snapshot), the edge, once caught up, stops watching the socket
-for up to a millisecond so that the next wake-up reads a batch (:data:`COALESCE_RATE`):
-a wake-up costs about as much as decoding a datagram, and the arrival stamps keep the
-engine's timings true. At mouse rate the other way round: a wake-up finds one datagram,
+kernel's buffer holds the rest, then drops, and the gaps are repaired like any loss.
+While datagrams stream in faster than mouse rate (a paste, a snapshot), the edge, once
+caught up, stops watching the socket for up to a millisecond so that the next wake-up
+reads a batch (:data:`COALESCE_RATE`): a wake-up costs about as much as decoding a
+datagram, and the arrival stamps keep the engine's timings true. At mouse rate the other way round: a wake-up finds one datagram,
 which goes straight to the engine, with no queue and no second read to learn that the
 socket is empty (between two strokes' datagrams the CPU caches go cold, and every line
 run then costs microseconds); unless its arrival stamp says it waited in the kernel (we
@@ -118,8 +118,8 @@ class Edge:
         self._rejected_seen: dict[str, int] = {}
         self._reports = 0
         self._report_timer: asyncio.TimerHandle | None = None
-        # (datagram, sender address, loop time it arrived, see _drain)
-        # (data, sender, arrival, noted: Engine.note_read saw it as it was read)
+        # (datagram, sender address, loop time it arrived (see _drain), whether
+        # Engine.note_read saw it as it was read)
         self._urgent: deque[tuple[bytes, tuple, float, bool]] = deque()  # repairs, NACKs
         self._queue: deque[tuple[bytes, tuple, float, bool]] = deque()  # the rest, in order
         self._resume: asyncio.Handle | None = None
