@@ -1449,6 +1449,7 @@ class Engine:
             records = wire.decode_records(body, h.sender, *self.size)
         except wire.DecodeError:
             self.stats.rejected_malformed += 1
+            self._refused_after_read(src, seq, repair, now)
             return
         self.stats.data_received += 1
         if repair:
@@ -1460,6 +1461,7 @@ class Engine:
             src.contiguous = seq - 1  # provisional until the snapshot anchors it
         if len(src.held) >= self.timers.receive_window:
             self.stats.rejected_window += 1
+            self._refused_after_read(src, seq, repair, now)
             return
         if not repair:
             # (A repair jumped our queue: what is below it may be there. One above what
@@ -1500,6 +1502,15 @@ class Engine:
             for blk in (b - 1, b):
                 if (h.sender, blk) in self._parity_in:
                     self._rebuild(src, blk, now)
+
+    def _refused_after_read(self, src: Source, seq: int, repair: bool, now: float) -> None:
+        """An author's datagram that :meth:`note_read` saw as it was read, refused now: it
+        is missing. (Nothing else would say so: what came after it was read already, and a
+        repair or a third party may have raised ``highest`` past it.)"""
+        if (self._noted and not repair and src.anchored and seq > src.contiguous
+                and seq not in src.held and seq not in src.missing):
+            src.missing[seq] = Miss(max(now, self._now) + self._nack_delay(), 0, now)
+            self.stats.gaps += 1
 
     def _hold_early_repair(self, src: Source, seq: int, data: bytes, now: float) -> None:
         held = self._early.setdefault(src.id, {})

@@ -99,10 +99,14 @@ def test_what_a_receive_queue_reads_is_judged_as_what_it_hands_over():
     src = e.source_state(aid)
     assert list(src.missing) == [nxt, nxt + 1] and src.highest == nxt - 1
     assert e.stats.gaps_read == 2 and e.board.digest() == before
+    # Its turn comes and it is refused (its body is not records): missing now, since
+    # nothing read after it would say so.
+    e.receive_datagram(data(nxt + 2), a.addr, t, True)
+    assert e.stats.rejected_malformed == 1 and list(src.missing) == [nxt, nxt + 1, nxt + 2]
     # A flooding sender's datagrams are not looked at while it is quarantined.
     e._quarantine[aid] = t + 10
     assert e.note_read(data(nxt + 9), a.addr, t, t) is False
-    assert len(src.missing) == 2
+    assert len(src.missing) == 3
 
 
 def test_a_repair_of_a_datagram_nobody_announced_is_refused():
