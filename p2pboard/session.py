@@ -1077,7 +1077,7 @@ class Engine:
         if (self._opener is not None or addr is None or len(data) < _HEAD_SIZE
                 or data[:2] != wire.MAGIC):
             return False
-        _, version, mtype, flags, sender, seq, width, height = _HEAD.unpack_from(data)
+        _, version, mtype, flags, sender, seq, width, height = wire.HEADER.unpack_from(data)
         if mtype == wire.MsgType.PARITY:
             limit = wire.MAX_WIRE
         elif mtype == wire.MsgType.DATA:
@@ -1114,7 +1114,6 @@ class Engine:
             self.loss_meter.received()
         if top < lo or len(src.missing) + top - lo + 1 > self.timers.snapshot_gap:
             return True  # nothing skipped, or so much that its turn will ask for a snapshot
-        p = self._peers.get(sender)
         missing = src.missing
         for s in range(lo, top + 1):
             m = missing.get(s)
@@ -1122,12 +1121,8 @@ class Engine:
                 # Known from a third party's report, so far maybe in our queue: it is not.
                 m.soft = False
             elif s not in src.held:
-                missing[s] = Miss(now + self._nack_delay(), 0, at)
-                self.stats.gaps += 1
+                self._lost(src, s, now, at)
                 self.stats.gaps_read += 1
-                self.loss_meter.missed()
-                if p is not None:
-                    p.lost += 1
         return True
 
     def _count_parity_read(self, src: Source, b: int) -> None:
@@ -1358,13 +1353,20 @@ class Engine:
         noticed = max(now, self._now)
         for s in range(lo, highest + 1):
             if s not in src.held and s not in src.missing:
-                src.missing[s] = Miss(noticed + self._nack_delay(), 0, now, soft=soft)
-                self.stats.gaps += 1
-                self.loss_meter.missed()
-                p = self._peers.get(src.id)
-                if p is not None:
-                    p.lost += 1
+                self._lost(src, s, noticed, now, soft)
         src.highest = highest
+
+    def _lost(self, src: Source, seq: int, noticed: float, detected: float,
+              soft: bool = False) -> None:
+        """``seq`` of ``src`` is missing, noticed at ``noticed`` (its NACK waits from then)
+        and shown by a datagram that arrived at ``detected`` (repair delays count from
+        then): count it, for the loss meter and the author's tally too."""
+        src.missing[seq] = Miss(noticed + self._nack_delay(), 0, detected, soft=soft)
+        self.stats.gaps += 1
+        self.loss_meter.missed()
+        p = self._peers.get(src.id)
+        if p is not None:
+            p.lost += 1
 
     def _give_up(self, src: Source, count: int, now: float) -> None:
         """NACKs cannot fill this source's gaps: ask for a snapshot. After several
@@ -2749,7 +2751,6 @@ SNAP_OFFERED_KEEP = 1.0
 #: seconds between the turns of peers answering a snapshot request to anyone (at least)
 SNAP_ANSWER_SLOT = 0.025
 _RANK = struct.Struct("!II")
-_HEAD = wire.HEADER
 _HEAD_SIZE = wire.HEADER.size
 #: Blocks of ours one receiver's NACKs are counted in, per sample (Engine._adapt_parity)
 PAR_NACKED_BLOCKS = 64
