@@ -17,8 +17,9 @@ work before doing any, so a receiver refuses a hostile record for its cost, unpa
 A segment whose box lies whole on the canvas (nearly every one drawn with a mouse) has a
 shape that depends only on its direction ``(dx, dy)`` and the width, not on where it is:
 those shapes are kept in a small cache (:class:`ShapeCache`, least recently used out,
-bounded in bytes), so a stroke's next segment usually costs a dictionary lookup and one
-addition instead of two dozen NumPy operations. Cached or not, the pixels are the same.
+bounded in bytes; the 8 mirror images of a direction share one computed shape), so a
+stroke's next segment usually costs a dictionary lookup and one addition instead of two
+dozen NumPy operations. Cached or not, the pixels are the same.
 
 The author rasterises for its own board and every receiver for its own from the stroke's
 points (STROKE records carry geometry, not pixels); one routine keeps them, the local
@@ -160,7 +161,8 @@ class Plan:
 
 
 class ShapeCache:
-    """Segment shapes by ``(dx, dy, width)``, for boxes that are the segment's own
+    """Segment shapes by ``(dx, dy, width)`` (computed once for ``|dx|, |dy|`` in either
+    order, see :meth:`_mask`), for boxes that are the segment's own
     (``_boxes``' common case: nothing clipped, one strip), where ``_inside`` depends on
     nothing else. Least recently used out beyond ``limit`` bytes; shapes over ``area``
     pixels of box are never kept. Thread-safe (the UI thread draws while the network
@@ -210,13 +212,31 @@ class ShapeCache:
         """``_inside(x0, y0, x1, y1, width, a, b, c, d)``, from the cache where it can be."""
         if not self._cacheable(x0, y0, x1, y1, width, a, b, c, d):
             return _inside(x0, y0, x1, y1, width, a, b, c, d)
-        return self._mask((x1 - x0, y1 - y0, width), x0, y0, x1, y1, a, b, c, d)
+        return self._mask((x1 - x0, y1 - y0, width))
 
-    def _mask(self, key, x0, y0, x1, y1, a, b, c, d) -> np.ndarray:
-        m = self._get(self._masks, key)
+    def _mask(self, key) -> np.ndarray:
+        """The shape of a segment of direction ``key[:2]`` and width ``key[2]`` in its own
+        box, from the one kept for its direction folded into ``0 <= dy <= dx``: a segment
+        mirrored left to right, top to bottom or across the diagonal has the mirrored
+        shape, exactly (the tests in :func:`_inside` only square or multiply the
+        differences whose signs or order change). So 8 directions share one computed
+        shape, and a scribble's few thousand segments fit in the cache."""
+        dx, dy, width = key
+        ax, ay = abs(dx), abs(dy)
+        swap = ay > ax
+        folded = (ay, ax, width) if swap else (ax, ay, width)
+        m = self._get(self._masks, folded)
         if m is None:
-            m = self._put(self._masks, key, _inside(x0, y0, x1, y1, key[2], a, b, c, d),
-                          computed=True)
+            r = (width + 1) // 2
+            m = self._put(self._masks, folded,
+                          _inside(0, 0, folded[0], folded[1], width, -r - 1, -r - 1,
+                                  folded[0] + r + 1, folded[1] + r + 1), computed=True)
+        if swap:
+            m = m.T
+        if dx < 0:
+            m = m[:, ::-1]
+        if dy < 0:
+            m = m[::-1]
         return m
 
     def offsets(self, x0: int, y0: int, x1: int, y1: int, width: int, a: int, b: int,
@@ -229,7 +249,7 @@ class ShapeCache:
         key = (x1 - x0, y1 - y0, width, w)
         o = self._get(self._offsets, key)
         if o is None:
-            rows, cols = np.nonzero(self._mask(key[:3], x0, y0, x1, y1, a, b, c, d))
+            rows, cols = np.nonzero(np.ascontiguousarray(self._mask(key[:3])))
             o = self._put(self._offsets, key, rows.astype(np.int64) * w + cols)
         return o
 

@@ -208,6 +208,31 @@ def test_polylines_with_cached_shapes_match_computed_ones(points, width):
                               _uncached(points, width, 300, 250))
 
 
+def test_the_mirror_images_of_a_direction_share_one_computed_shape():
+    """A segment mirrored left to right, top to bottom or across the diagonal is drawn
+    from the one shape computed for its direction folded into 0 <= dy <= dx, and each
+    mirror image is still exactly the reference's."""
+    cache = raster.ShapeCache(limit=1 << 20, area=1 << 14)
+    saved = raster.shapes
+    raster.shapes = cache
+    w = 200
+    try:
+        for width in (1, 2, 5, 12):
+            for family in ({(7, 3), (-7, 3), (7, -3), (-7, -3), (3, 7), (-3, 7), (3, -7),
+                            (-3, -7)},
+                           {(5, 0), (-5, 0), (0, 5), (0, -5)},
+                           {(4, 4), (-4, 4), (4, -4), (-4, -4)}):
+                before = cache.misses
+                for dx, dy in sorted(family):
+                    p0, p1 = (100, 100), (100 + dx, 100 + dy)
+                    got = raster.segment_pixels(p0, p1, width, w, w)
+                    assert np.array_equal(got, reference_near(p0, p1, width, w)), (dx, dy)
+                    assert got.flags.writeable
+                assert cache.misses == before + 1, (width, family)
+    finally:
+        raster.shapes = saved
+
+
 def test_the_shape_cache_keeps_to_its_bytes_and_shares_nothing_writable():
     cache = raster.ShapeCache(limit=64 << 10, area=1 << 14)
     saved = raster.shapes
