@@ -187,6 +187,7 @@ def ensure_lan_netns() -> None:
 def compare_main(argv: list[str]) -> int:
     """``bench.py compare``: see scripts/bench_compare.py."""
     import bench_compare as bc
+    import bench_receive
 
     ap = argparse.ArgumentParser(prog="bench.py compare", description=bc.__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
@@ -265,12 +266,18 @@ def compare_main(argv: list[str]) -> int:
     t0 = time.monotonic()
     loss_rates = [None if r == "unlimited" else r for r in a.loss_rates.split(",")]
     results: list = []
+    # The host's speed before, between and after the workloads (bench_receive.gauge):
+    # what this hour of a shared host gave every system alike.
+    photo = bench_receive.paste_datagrams()
+    gauges = [dict(at="start", us=bench_receive.gauge(photo))]
+    progress(f"host speed: {gauges[0]['us']} us a datagram to decode and apply the photo")
 
     def snapshot() -> dict:
         return dict(command="scripts/bench.py compare " + " ".join(argv), machine=machine(),
                     cpus=len(os.sched_getaffinity(0)),  # the cores every peer shared
                     date=time.strftime("%Y-%m-%d %H:%M"),
-                    seconds=round(time.monotonic() - t0, 1), results=bc.to_json(results))
+                    seconds=round(time.monotonic() - t0, 1), gauge=gauges,
+                    results=bc.to_json(results))
 
     def saved(_result) -> None:  # a partial run is not lost if it is stopped
         if a.json:
@@ -279,6 +286,8 @@ def compare_main(argv: list[str]) -> int:
     for rate in rates:
         this = [w for w in wls if not w.loss or a.quick or rate in loss_rates]
         bc.run(this, [rate], systems, results, on_result=saved, repeat=a.repeat)
+        gauges.append(dict(at=f"after {rate or 'unlimited'}", us=bench_receive.gauge(photo)))
+        progress(f"host speed: {gauges[-1]['us']} us a datagram")
     took = time.monotonic() - t0
     data = snapshot()
     if a.json:

@@ -31,6 +31,12 @@ figures are pooled (:func:`pool`): latency percentiles over every (record, recei
 of every round, repair latencies over every recovery, counts summed; the per-round p99s
 (or repair p95s) are kept beside them, to show the spread.
 
+The host's speed: before the first workload and after each link rate, scripts/bench.py
+times a fixed piece of work in its own process with nothing else running (decoding and
+applying the photo's datagrams, scripts/bench_receive.py's ``gauge``). A shared host is
+slower in a busy hour, for every system alike; the report shows these figures, so a run
+made in such an hour can be told from a change in the code.
+
 Limits: everything runs on this one machine, so all peers share its CPU cores (2 here):
 16 receivers decoding an image are 16 processes on 2 cores, and that, not the network,
 often decides. The other workloads run once.

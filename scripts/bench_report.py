@@ -198,6 +198,21 @@ def targets(data: dict) -> list[tuple[str, str, str]]:
     return out
 
 
+def _gauge_text(data: dict) -> str:
+    """The host's speed through the run (bench_receive.gauge), if it was measured."""
+    g = data.get("gauge")
+    if not g:
+        return ""
+    at = ", ".join(f"{x['us']} " + ("at the start" if x["at"] == "start"
+                                     else x["at"].replace("after ", "after the ") + " rows")
+                   for x in g)
+    return ("\n\n**How fast the host was:** decoding the photo's datagrams and applying them "
+            "to a board, in one process with nothing else running, took (microseconds of "
+            f"CPU a datagram, fastest of three passes) {at}. The same code on the same "
+            "machine takes longer in a busy hour of a shared host, and every peer of every "
+            "system with it: compare runs with this in mind.")
+
+
 def _rounds_text(results) -> str:
     n = max((r["extra"].get("rounds", 1) for r in results), default=1)
     if n == 1:
@@ -250,7 +265,7 @@ board; see scripts/bench_systems.py.
 receivers are sixteen Python processes sharing them, so from about 8 peers drawing at
 once the CPU, not the network, sets the stroke latency, for every system alike (see the
 CPU columns). The image is 1920x1080, photo-like (smooth gradients and noise; {_ceiling_bpp(res)}
-bytes per pixel on the wire once compressed, as the socket ceiling sends it). {_rounds_text(res)}
+bytes per pixel on the wire once compressed, as the socket ceiling sends it). {_rounds_text(res)}{_gauge_text(data)}
 
 ### Targets of issue #5
 

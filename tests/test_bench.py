@@ -29,8 +29,18 @@ def test_compare_quick_runs_every_system_and_converges(tmp_path):
                        text=True, timeout=170, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-4000:]
     assert "[bench]" in r.stderr  # progress is shown while it runs
-    results = json.loads(out.read_text())["results"]
+    data = json.loads(out.read_text())
+    results = data["results"]
     assert {x["system"] for x in results if x["ran"]} == SYSTEMS, results
+    # the host's speed, before and after the workloads, goes into the report
+    assert [g["at"] for g in data["gauge"]] == ["start", "after 1gbit"], data["gauge"]
+    assert all(0 < g["us"] < 10_000 for g in data["gauge"]), data["gauge"]
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_report
+
+    text = bench_report.markdown(data)
+    assert f"{data['gauge'][0]['us']} at the start" in text
+    assert f"{data['gauge'][1]['us']} after the 1gbit rows" in text
     for x in results:
         assert x["ran"], x
         if x["expect_converge"]:
