@@ -84,9 +84,10 @@ def gauge(dgrams: list[bytes]) -> float:
     """How fast this host is right now: microseconds of CPU a datagram to decode
     ``dgrams`` (the photo's) and apply them to a board, as every system of the comparison
     does, the fastest of three passes. The same code on the same machine takes longer in
-    a busy hour of a shared host (other tenants wear out the caches and the memory's
-    bandwidth), which slows every peer of a run alike: ``bench.py compare`` measures
-    this before, between and after its workloads, so a slow hour shows in its report."""
+    a busy hour of a shared host (other tenants' work on the same hardware), which slows
+    every peer of a run alike: ``bench.py compare`` measures this before, between and
+    after its workloads, so a slow hour shows in its report. It sees one process's speed,
+    not what waking and switching between many processes costs."""
     best = float("inf")
     for _ in range(3):
         rb = bs.RecordBoard(999, SIZE)
