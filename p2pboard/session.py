@@ -2632,7 +2632,9 @@ class Engine:
         for s in others:
             p = self._peers.get(s.id)
             echo = p.last_ts if p is not None and p.alive else 0
-            held = int((now - p.ts_heard) / wire.TS_UNIT) if echo else 0
+            # (0 if its datagram's arrival stamp is later than this timer's now: stamps
+            # and the loop's clock are read apart)
+            held = max(0, int((now - p.ts_heard) / wire.TS_UNIT)) if echo else 0
             entries.append(wire.SourceEntry(s.id, s.contiguous, max(s.highest, s.contiguous),
                                             echo, held))
         vector = digest = 0

@@ -746,7 +746,7 @@ def encode_session(sender: int, seq: int, size: tuple[int, int], s: Session) -> 
                                s.vector, s.digest, s.count & 0xFFFF, min(max(s.loss, 0), 0xFFFF)),
              bytes([len(name)]), name]
     parts += [SESSION_ENTRY.pack(e.source, e.contiguous, e.highest, e.echo & 0xFFFFFFFF,
-                                 min(e.held, 0xFFFFFFFF)) for e in entries]
+                                 min(max(e.held, 0), 0xFFFFFFFF)) for e in entries]
     return b"".join(parts)
 
 

@@ -448,3 +448,28 @@ def test_a_wide_photo_fills_its_datagrams():
         covered[frag.y:frag.y + hh, frag.x:frag.x + ww] += 1
     assert (covered == 1).all()  # every pixel in exactly one piece
     assert {frag.rgba.shape[0] for _, frag in recs} == {wire.IMAGE_BAND_ROWS}
+
+
+def test_a_session_entry_held_for_less_than_nothing_is_sent_as_zero():
+    """A datagram's arrival stamp can be later than the timer that sends the next SESSION
+    (stamps and the loop's clock are read apart): the engine says 0, and the encoder
+    never fails on a negative hold."""
+    s = wire.Session("ada", (1, 2, 3, 255), 0, (wire.SourceEntry(5, 10, 12, 99, -2),), ts=77)
+    d = wire.encode_session(ME, 1, SIZE, s)
+    assert wire.decode_session(d[wire.HEADER.size:]).entries[0].held == 0
+    from p2pboard.config import Config
+    from p2pboard.session import Engine
+
+    author = Engine(Config(size=SIZE), peer_id=7, now=0.0)
+    rx = Engine(Config(size=SIZE), peer_id=9, now=0.0)
+    t = 0.0
+    while t < 3.0:  # datagrams stamped 0.2 ms after the timers that follow them
+        t += 0.001
+        for src, dst, addr in ((author, rx, ("10.0.0.7", 1)), (rx, author, ("10.0.0.9", 1))):
+            due = src.get_timer()
+            if due is not None and due <= t:
+                src.handle_timer(t)
+            src._send_session(t)  # every turn: each falls before the last stamp
+            for d in src.datagrams_to_send(t):
+                dst.receive_datagram(d, addr, t + 2e-4)
+    assert rx.stats.sessions_sent > 1000 and rx.synced()
