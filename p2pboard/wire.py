@@ -449,10 +449,16 @@ class _Band:
     def _filter(self, channels: int) -> np.ndarray:
         f = self._filtered.get(channels)
         if f is None:
-            px = self.rgba[..., :channels]
-            f = np.empty(px.shape, np.uint8)
-            f[:, 0] = px[:, 0]
-            np.subtract(px[:, 1:], px[:, :-1], out=f[:, 1:])  # wraps at 256, as PNG's
+            # Filtered as rows of bytes, each byte minus the one 4 before it (its channel
+            # in the pixel to the left), then the channels wanted taken: one pass over
+            # contiguous memory, where subtracting (rows, cols, 3) views ran an inner loop
+            # of 3 bytes per pixel (40 times slower).
+            px = self.rgba
+            flat = np.ascontiguousarray(px).reshape(px.shape[0], -1)
+            f4 = np.empty(flat.shape, np.uint8)
+            f4[:, :4] = flat[:, :4]
+            np.subtract(flat[:, 4:], flat[:, :-4], out=f4[:, 4:])  # wraps at 256, as PNG's
+            f = f4.reshape(px.shape)[..., :channels]
             self._filtered[channels] = f
         return f
 
