@@ -1184,7 +1184,7 @@ def test_a_receiver_seconds_behind_on_its_queue_takes_nobody_for_gone():
     a, b, c = start(net, 3)
     net.run_for(2.0)
     c.cost = 0.012  # 12 ms a datagram: the paste below is 12 s of work
-    net.act(a, lambda e, now: e.paste(_noise(640, 480, 22), 0, 0, now))
+    net.act(a, lambda e, now: e.paste(_noise(640, 480, 21), 0, 0, now))
     events, behind = [], 0.0
     while net.now < 30 and (net.now < 3 or c.waiting):
         net.run_for(0.05)
