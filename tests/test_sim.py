@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from p2pboard import board as board_mod
-from p2pboard import raster, session, wire
+from p2pboard import loss, raster, session, wire
 from p2pboard.ops import BACKGROUND
 from p2pboard.session import Engine
 
@@ -778,7 +778,7 @@ def test_proactive_parity_follows_the_loss_and_goes_away_with_it():
     # 252, 210, 38, 0, 0; with blocks of 16, 311, 198, 112, 24, 0)
     assert sum(per_paste) < 1200, per_paste
     assert a.engine.proactive == 0
-    assert sum(p.loss for p in a.engine.peers.values()) / 65535 < PROACTIVE_FLOOR_MIN
+    assert sum(p.loss for p in a.engine.peers.values()) / loss.SCALE < PROACTIVE_FLOOR_MIN
     assert all(p.engine.board.digest() == a.engine.board.digest() for p in peers)
 
 
@@ -853,7 +853,7 @@ def test_receivers_measure_their_loss_before_anything_is_drawn():
     assert all(m.seen > 64 and m.lower_bound() <= m.rate for m in meters)
     assert 0.07 < sum(m.lost for m in meters) / sum(m.seen for m in meters) < 0.13
     # what the lossiest says, an author sets its parity by: sure of at least 3%
-    reported = [p.loss / 65535 for p in peers[0].engine.peers.values()]
+    reported = [p.loss / loss.SCALE for p in peers[0].engine.peers.values()]
     assert len(reported) == 8 and 0.03 < max(reported) <= max(m.rate for m in meters)
     from p2pboard.api import PeerInfo  # the app shows it in its peer list
 
@@ -1358,7 +1358,7 @@ def test_many_receivers_losing_a_little_each_get_parity_from_the_first_block():
     peers = start(net, 17)
     net.run_for(6.0)  # the meters have counted a few hundred datagrams: sure of little
     a = peers[0]
-    reports = [p.loss / 65535 for p in a.engine.peers.values()]
+    reports = [p.loss / loss.SCALE for p in a.engine.peers.values()]
     assert len(reports) == 16 and max(reports) < PROACTIVE_FLOOR_MIN <= sum(reports), reports
     blocks = []
     send = a.engine._send_proactive
