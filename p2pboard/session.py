@@ -1217,10 +1217,6 @@ class Engine:
             if not self._bind(h.sender, host, now):
                 st.rejected_spoofed += 1
                 return
-        self._last_heard_other = now
-        if self._silence_wait != self.timers.silence_rejoin:
-            self._silence_wait = self.timers.silence_rejoin
-        self._silence_at = now + self._silence_wait
         body = memoryview(data)[wire.HEADER.size:]
         try:
             handler = self._handlers[h.type]
@@ -1236,6 +1232,12 @@ class Engine:
             st.rejected_malformed += 1
         except store.StoreError:
             st.rejected_snapshot += 1
+        # A peer's datagram, from its address: the group is not silent. (After the handler,
+        # which does not look: a stroke datagram reaches the board first.)
+        self._last_heard_other = now
+        if self._silence_wait != self.timers.silence_rejoin:
+            self._silence_wait = self.timers.silence_rejoin
+        self._silence_at = now + self._silence_wait
 
     def _quarantined(self, sid: int, now: float) -> bool:
         until = self._quarantine.get(sid)
@@ -1417,13 +1419,21 @@ class Engine:
             for p in self._peers.values())
 
     def _on_data(self, h: wire.Header, body, data: bytes, now: float) -> None:
-        repair = bool(h.flags & wire.FLAG_REPAIR)
-        p = self._peers.get(h.sender) if repair else self._touch(h, now)
-        key = (h.sender, h.seq)
+        self._take_data(h, body, data, now)
         # Any copy of this datagram on the wire makes repairs of it redundant for a while.
+        # (Noted after it is taken, as is all that does not decide whether and how it is
+        # applied: an idle receiver wakes with cold caches, and every step before the
+        # apply is on the path from the author's board to this one.)
+        key = (h.sender, h.seq)
         self._holddown[key] = now + self._holddown_time()
         if self._holder_repairs.pop(key, None) is not None:
             self.stats.holder_repairs_cancelled += 1
+
+    def _take_data(self, h: wire.Header, body, data: bytes, now: float) -> None:
+        """Check, decode and apply an author's datagram, then note what it tells."""
+        repair = bool(h.flags & wire.FLAG_REPAIR)
+        # (Heard from: the author is alive, before anything below judges a gap by that.)
+        p = self._peers.get(h.sender) if repair else self._touch(h, now)
         src = self._source(h.sender, now)
         if src is None:
             return
@@ -1463,6 +1473,17 @@ class Engine:
             self.stats.rejected_malformed += 1
             self._refused_after_read(src, seq, repair, now)
             return
+        if len(src.held) >= self.timers.receive_window:
+            self.stats.rejected_window += 1
+            self._refused_after_read(src, seq, repair, now)
+            return
+        for idx, rec in enumerate(records):
+            if not isinstance(rec, Toggle):
+                if rec.lamport >= self.lamport:
+                    self.lamport = min(rec.lamport, 0xFFFFFFFE)
+            elif not rec.valid:
+                self.stats.rejected_records += 1
+            self.board.apply(rec, h.sender, seq, idx)
         self.stats.data_received += 1
         if repair:
             self.stats.repairs_received += 1
@@ -1471,10 +1492,6 @@ class Engine:
         if not src.anchored and src.first_seen == 0:
             src.first_seen = seq
             src.contiguous = seq - 1  # provisional until the snapshot anchors it
-        if len(src.held) >= self.timers.receive_window:
-            self.stats.rejected_window += 1
-            self._refused_after_read(src, seq, repair, now)
-            return
         if not repair:
             # (A repair jumped our queue: what is below it may be there. One above what
             # we know exists was held until we knew, see above.)
@@ -1499,14 +1516,7 @@ class Engine:
         src.highest = max(src.highest, seq)
         src.held.add(seq)
         src.maxop[seq] = records[0].opno if len(records) == 1 else max(r.opno for r in records)
-        self._cache_put(key, wire.with_flags(data, 0) if repair else data)
-        for idx, rec in enumerate(records):
-            if not isinstance(rec, Toggle):
-                if rec.lamport >= self.lamport:
-                    self.lamport = min(rec.lamport, 0xFFFFFFFE)
-            elif not rec.valid:
-                self.stats.rejected_records += 1
-            self.board.apply(rec, h.sender, seq, idx)
+        self._cache_put((h.sender, seq), wire.with_flags(data, 0) if repair else data)
         self._advance(src)
         if self._parity_in:
             # this block, or the one before, whose last datagrams we now know are missing
