@@ -1232,12 +1232,13 @@ class Engine:
             st.rejected_malformed += 1
         except store.StoreError:
             st.rejected_snapshot += 1
-        # A peer's datagram, from its address: the group is not silent. (After the handler,
-        # which does not look: a stroke datagram reaches the board first.)
-        self._last_heard_other = now
-        if self._silence_wait != self.timers.silence_rejoin:
-            self._silence_wait = self.timers.silence_rejoin
-        self._silence_at = now + self._silence_wait
+        finally:
+            # A peer's datagram, from its address: the group is not silent. (Noted after
+            # the handler, which does not look: a stroke datagram reaches the board first.)
+            self._last_heard_other = now
+            if self._silence_wait != self.timers.silence_rejoin:
+                self._silence_wait = self.timers.silence_rejoin
+            self._silence_at = now + self._silence_wait
 
     def _quarantined(self, sid: int, now: float) -> bool:
         until = self._quarantine.get(sid)
