@@ -1,7 +1,7 @@
-"""What receiving a paste costs one peer: ``scripts/bench.py receive``.
+"""What receiving costs one peer, a paste and a stroke: ``scripts/bench.py receive``.
 
 The 1920x1080 photo of ``bench.py compare``, pasted by one engine, gives the datagrams
-(3,106 with protocol 10). They are measured two ways:
+(3,106 with protocol 10). They are measured two ways, and a stroke datagram a third:
 
 * **In process**, no socket: decoding only (header and records), decoding and applying
   to a board (what every system of the comparison does), and p2pboard's whole engine
@@ -21,6 +21,19 @@ The 1920x1080 photo of ``bench.py compare``, pasted by one engine, gives the dat
   receiver, the sender sleeps between datagrams, so on 2 cores the receiver has a core to
   itself, as it would on a machine of its own. With 16 receivers they share the 2 cores,
   as in the comparison's image-16 (CPU per datagram is then each receiver's mean).
+* **A stroke datagram, cold**: the comparison's strokes at mouse rate, from an author
+  engine to one that has joined its group (STROKE_DATAGRAMS of them, each one record),
+  handed over one at a time with the core's caches made cold before each, as a receiver
+  finds them that sleeps 8 ms between two: to the comparison's board (decode, apply), to
+  p2pboard's engine (``receive_datagram``), and to its edge and engine (the edge's wake-up
+  for a readable socket: reading, the engine, the pass after it that sends, delivers
+  events and arms the timer). The edge reads from a stand-in for the socket that hands it
+  the datagram with an arrival stamp, so the system call is not in it, and its loop's
+  clock is the protocol time the strokes were drawn in, so that the timers between two
+  datagrams (joining a finished stroke's pieces) run as they would, outside the
+  measurement. The median datagram, the median of three passes. What p2pboard adds to
+  the board here is what each of 7 receivers sharing 2 cores adds to the queue that sets
+  the stroke rows' latency in the comparison.
 
 Limits: one run per cell (shared machines are noisy: expect 10% between runs); loopback
 has no link rate, so datagrams arrive at the pace the sender gives them.
@@ -47,6 +60,8 @@ import bench_systems as bs  # noqa: E402
 import numpy as np  # noqa: E402
 from p2pboard import wire  # noqa: E402
 from p2pboard.config import Config  # noqa: E402
+from p2pboard.net import edge as edge_mod  # noqa: E402
+from p2pboard.net.sockets import SO_TIMESTAMPNS  # noqa: E402
 from p2pboard.session import Engine  # noqa: E402
 
 SIZE = (1920, 1080)
@@ -66,6 +81,8 @@ WATCH = 0.05
 #: bytes written over before each datagram of the cold in-process passes: more than the
 #: 2 MB level-2 cache of a core of the project's machines
 COLD_FLUSH = 8 << 20
+#: stroke datagrams of the cold stroke passes (about 5 s of drawing at 120 points a second)
+STROKE_DATAGRAMS = 600
 
 
 def paste_datagrams() -> list[bytes]:
@@ -171,6 +188,12 @@ def synced_receiver() -> tuple[Engine, float]:
     """An engine that has joined the group of the photo's author (peer 7, whose first DATA
     datagram is number 1), so that the author's source is anchored: 3 s of protocol time
     trading datagrams with a stand-in for the author. With the time it ends at."""
+    _, rx, t = synced_pair()
+    return rx, t
+
+
+def synced_pair() -> tuple[Engine, Engine, float]:
+    """:func:`synced_receiver`, with the author engine it joined."""
     author = Engine(Config(size=SIZE), peer_id=7, now=0.0)
     rx = Engine(Config(size=SIZE), peer_id=999, now=0.0)
     t = 0.0
@@ -184,12 +207,120 @@ def synced_receiver() -> tuple[Engine, float]:
                 dst.receive_datagram(d, addr, t + 2e-4)
     s = rx.source_state(7)
     assert s is not None and s.anchored and s.contiguous == 0 and rx.synced(), s
-    return rx, t
+    return author, rx, t
+
+
+def stroke_datagrams(author: Engine, t: float, n: int) -> list[tuple[bytes, float]]:
+    """What ``author`` sends from protocol time ``t`` while drawing the comparison's
+    strokes at 120 points a second until it has sent ``n`` DATA datagrams (its heartbeats
+    and session messages with them), each with the time it was sent."""
+    out: list[tuple[bytes, float]] = []
+    sent = 0
+    for color, brush, pts in bs.strokes(1007, *SIZE, n):
+        op, last = author.begin(t), None
+        for p in pts:
+            author.extend_stroke(op, [p] if last is None else [last, p], brush, color, t)
+            last = p
+            for d in author.datagrams_to_send(t):
+                out.append((d, t))
+                sent += d[3] == wire.MsgType.DATA
+            t += 1 / 120
+            due = author.get_timer()
+            if due is not None and due <= t:
+                author.handle_timer(t)
+    assert sent == n, sent
+    return out
+
+
+class _Handover:
+    """Stands in for the edge's socket in the cold stroke pass: hands over the one
+    datagram it was given, stamped as arrived 0.1 ms before, then has nothing. Its file
+    descriptor is one end of an idle socket pair, for the loop to watch."""
+
+    def __init__(self) -> None:
+        self.pair = socket.socketpair()
+        self.datagram: bytes | None = None
+
+    def recvmsg(self, _size: int, _ancsize: int):
+        d, self.datagram = self.datagram, None
+        if d is None:
+            raise BlockingIOError
+        sec, frac = divmod(time.time() - 1e-4, 1.0)
+        stamp = edge_mod.TIMESPEC.pack(int(sec), int(frac * 1e9))
+        return d, [(socket.SOL_SOCKET, SO_TIMESTAMPNS, stamp)], 0, AUTHOR_ADDR
+
+    def fileno(self) -> int:
+        return self.pair[0].fileno()
+
+    def sendto(self, _data: bytes, _dest) -> None:
+        pass  # the receiver's own datagrams (session messages) go nowhere
+
+    def close(self) -> None:
+        for s in self.pair:
+            s.close()
+
+
+def cold_strokes(n: int = STROKE_DATAGRAMS, rounds: int = 3) -> dict:
+    """Microseconds per stroke datagram, cold: the comparison's board, p2pboard's engine,
+    its edge and engine (see the module's docstring); ``n`` datagrams, ``rounds`` passes
+    of each."""
+    author, synced, t0 = synced_pair()
+    dgrams = stroke_datagrams(author, t0, n)
+    flush = np.zeros(COLD_FLUSH, np.uint8)
+
+    def board() -> float:
+        rb, times = bs.RecordBoard(999, SIZE), []
+        for d, _ in dgrams:
+            flush[::64] += 1
+            t = time.perf_counter()
+            rb.receive(d)
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    def engine() -> float:
+        e, times = copy.deepcopy(synced), []
+        for d, at in dgrams:
+            flush[::64] += 1
+            t = time.perf_counter()
+            e.receive_datagram(d, AUTHOR_ADDR, at + 2e-4)
+            times.append(time.perf_counter() - t)
+            due = e.get_timer()  # (as the edge's timer would, outside the measurement)
+            if due is not None and due <= at + 3e-4:
+                e.handle_timer(at + 3e-4)
+            e.datagrams_to_send(at + 3e-4)
+        return statistics.median(times)
+
+    async def edge() -> float:
+        loop = asyncio.get_running_loop()
+        clock = [dgrams[0][1]]
+        loop.time = lambda: clock[0]  # the protocol time the strokes were drawn in
+        e, sock = copy.deepcopy(synced), _Handover()
+        ed = edge_mod.Edge(e, sock, (GROUP, PORT), loop=loop)
+        ed.stamped = True  # (the stand-in is no socket.socket, for the edge to ask)
+        ed.start()
+        times = []
+        for d, at in dgrams:
+            clock[0] = at + 2e-4
+            flush[::64] += 1
+            sock.datagram = d
+            t = time.perf_counter()
+            ed._readable()  # what the loop calls when the socket is readable
+            times.append(time.perf_counter() - t)
+            await asyncio.sleep(0)  # the timers due meanwhile
+        ed.close()
+        assert e.stats.data_received == n, e.stats.as_dict()
+        return statistics.median(times)
+
+    passes = {"board": [], "engine": [], "edge": []}
+    for _ in range(rounds):
+        passes["board"].append(board())
+        passes["engine"].append(engine())
+        passes["edge"].append(asyncio.run(edge()))
+    return {k: round(statistics.median(v) * 1e6, 1) for k, v in passes.items()}
 
 
 def _p2pboard_receiver(n: int, coalesce: bool, ready_fd: int, out_fd: int) -> None:
     """Child process: the edge and engine on the group until ``n`` DATA datagrams."""
-    from p2pboard.net import edge as edge_mod
     from p2pboard.net.sockets import open_multicast_socket
 
     if not coalesce:
@@ -335,6 +466,8 @@ def run(progress=print, quick: bool = False) -> dict:
     progress(f"{len(dgrams)} datagrams of the photo; in process")
     result = dict(datagrams=len(dgrams),
                   bytes=sum(len(d) for d in dgrams), in_process=in_process(dgrams), socket=[])
+    progress("stroke datagrams, cold, in process")
+    result["strokes_cold"] = cold_strokes(100, 1) if quick else cold_strokes()
     cells = [(rate, system, coalesce, 1) for rate in ((10_000,) if quick else RATES)
              for system, coalesce in (("p2pboard", True), ("p2pboard", False),
                                       ("plain", False))]
@@ -356,9 +489,9 @@ def _label(r: dict) -> str:
 
 
 def markdown(data: dict) -> str:
-    ip = data["in_process"]
+    ip, sc = data["in_process"], data["strokes_cold"]
     lines = [
-        "## What receiving a paste costs one peer",
+        "## What receiving costs one peer: a paste, and a stroke",
         "",
         f"Command: `{data['command']}` ({data['date']}; {data['machine']}). The "
         f"1920x1080 photo's {data['datagrams']:,} datagrams ({data['bytes']:,} bytes); "
@@ -371,6 +504,12 @@ def markdown(data: dict) -> str:
         "decoding "
         f"{ip['cold']['decode']}, decoding and applying {ip['cold']['decode_apply']}, "
         f"the engine {ip['cold']['engine']}.",
+        "",
+        f"A stroke datagram (the comparison's strokes at mouse rate, {STROKE_DATAGRAMS} of "
+        "them), handed over one at a time with cold caches, microseconds at the median: the "
+        f"comparison's board {sc['board']}, p2pboard's engine {sc['engine']}, its edge and "
+        f"engine {sc['edge']} (from a wake-up for a readable socket to the timer armed, "
+        "the system call left out).",
         "",
         "Through a real socket, the datagrams paced at a given rate; one receiver with a "
         "core of its own, or 16 sharing the 2 cores (CPU: each receiver's mean):",

@@ -72,8 +72,10 @@ def test_author_core_pins_the_author_alone_and_is_never_written(tmp_path):
 @pytest.mark.timeout(120)
 def test_receive_quick_measures_p2pboards_receiver_and_the_plain_one(tmp_path):
     """``bench.py receive --quick`` (its own namespace): the in-process split (warm, and
-    with the caches made cold before each datagram) and one receiver through a real socket: p2pboard's, coalescing on and off, and the plain one
-    (blocking recv, decode, apply), every datagram received."""
+    with the caches made cold before each datagram), a stroke datagram cold through the
+    board, the engine and the edge, and one receiver through a real socket: p2pboard's,
+    coalescing on and off, and the plain one (blocking recv, decode, apply), every
+    datagram received."""
     out = tmp_path / "receive.json"
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "receive",
                         "--quick", "--json", str(out)], cwd=ROOT, capture_output=True,
@@ -84,6 +86,9 @@ def test_receive_quick_measures_p2pboards_receiver_and_the_plain_one(tmp_path):
     assert set(data["in_process"]) == {"decode", "decode_apply", "engine", "cold"}
     assert set(data["in_process"]["cold"]) == {"decode", "decode_apply", "engine"}
     assert all(v > 0 for v in data["in_process"]["cold"].values()), data["in_process"]
+    # a stroke datagram, cold, to the board, the engine and the edge (which adds to both)
+    cold = data["strokes_cold"]
+    assert set(cold) == {"board", "engine", "edge"} and all(v > 0 for v in cold.values()), cold
     runs = data["socket"]
     assert sorted((x["system"], x["coalesce"]) for x in runs) == [
         ("p2pboard", False), ("p2pboard", True), ("plain", False)]
