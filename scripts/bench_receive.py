@@ -211,9 +211,9 @@ def synced_pair() -> tuple[Engine, Engine, float]:
 
 
 def stroke_datagrams(author: Engine, t: float, n: int) -> list[tuple[bytes, float]]:
-    """What ``author`` sends from protocol time ``t`` while drawing the comparison's
-    strokes at 120 points a second until it has sent ``n`` DATA datagrams (its heartbeats
-    and session messages with them), each with the time it was sent."""
+    """What ``author`` sends from protocol time ``t`` while drawing ``n`` points of the
+    comparison's strokes at 120 a second: a DATA datagram a point (checked), with its
+    heartbeats and session messages, each with the time it was sent."""
     out: list[tuple[bytes, float]] = []
     sent = 0
     for color, brush, pts in bs.strokes(1007, *SIZE, n):
