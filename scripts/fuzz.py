@@ -18,6 +18,15 @@ directory is filled with seeds made from real datagrams on first use; atheris ad
 finds there. A crash prints the exact input (hex) and saves it next to the corpus
 directory as crash-TARGET-<sha1>; the exit status is non-zero.
 
+A coverage-guided run longer than ``--chunk-seconds`` (300) goes on in a fresh process
+every so many seconds, over the same corpus directory. Under atheris' instrumentation the engine target's process grows
+by about 12 MB every 1,000 inputs (measured 2026-12-06: 70 MB to 3 GB in 240,000 inputs),
+while the same inputs run uninstrumented stay flat (68 MB over 20,000 through atheris
+without instrumenting p2pboard, 43 MB over 40,000 in the random loop), as does the store
+target instrumented: what grows is the instrumentation's, not p2pboard's. One process
+would reach libFuzzer's memory limit (4 GB here) in about a quarter of an hour and report
+it as an out-of-memory crash.
+
 No socket is opened: everything runs in memory with virtual time.
 """
 
@@ -26,6 +35,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import random
+import subprocess
 import sys
 import time
 import traceback
@@ -46,6 +56,29 @@ def write_seeds(target: str, corpus: Path) -> int:
             p.write_bytes(s)
             n += 1
     return n
+
+
+#: the longest one libFuzzer process runs by default (see the module docstring)
+CHUNK_SECONDS = 300.0
+
+
+def run_chunks(target: str, seconds: float, chunk_seconds: float, corpus: Path,
+               extra: list[str]) -> int:
+    """A long coverage-guided run as a chain of processes of at most ``chunk_seconds``
+    each, sharing the corpus directory (each starts from all that the ones before found).
+    Stops at the first that fails, with its exit status."""
+    end = time.monotonic() + seconds
+    part = 0
+    while (left := end - time.monotonic()) >= 1:
+        part += 1
+        chunk = min(left, chunk_seconds)
+        print(f"fuzz.py: part {part}, {chunk:.0f} s ({left:.0f} s left)", flush=True)
+        rc = subprocess.call([sys.executable, str(Path(__file__).resolve()), "--target", target,
+                              "--seconds", str(chunk), "--chunk-seconds", str(chunk),
+                              "--corpus", str(corpus), *extra])
+        if rc != 0:
+            return rc
+    return 0
 
 
 def run_atheris(atheris, target: str, seconds: float, corpus: Path, extra: list[str]) -> int:
@@ -88,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--target", choices=["decoder", "engine", "store"], default="engine")
     p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--chunk-seconds", type=float, default=CHUNK_SECONDS,
+                   help="with atheris, the longest one process fuzzes; a longer run goes on "
+                        "in a fresh process over the same corpus (default %(default)s)")
     p.add_argument("--corpus", type=Path, default=None,
                    help="corpus directory (default fuzz-corpus/TARGET); seeds are added")
     p.add_argument("--no-atheris", action="store_true", help="use the random mutation loop")
@@ -102,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             print("fuzz.py: atheris is not installed (pip install -e .[fuzz]): falling back "
                   "to the random mutation loop", file=sys.stderr)
+    if a.chunk_seconds < 1:
+        p.error("--chunk-seconds must be at least 1")
+    if atheris is not None and a.seconds > a.chunk_seconds:
+        return run_chunks(a.target, a.seconds, a.chunk_seconds,
+                          a.corpus or ROOT / "fuzz-corpus" / a.target, extra)
     if atheris is not None:
         # Coverage feedback from p2pboard only (instrumenting NumPy too costs half a minute).
         with atheris.instrument_imports(include=["p2pboard"]):

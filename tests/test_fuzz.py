@@ -11,12 +11,14 @@ Under CI Hypothesis uses its derandomised ``ci`` profile by itself.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import struct
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, note, settings
@@ -242,3 +244,36 @@ def test_fuzz_script_runs(target, tmp_path):
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert any((tmp_path / "corpus").iterdir())
+
+
+def _fuzz_script():
+    spec = importlib.util.spec_from_file_location("fuzz_script", ROOT / "scripts" / "fuzz.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("codes, parts, status", [((0, 0, 0), 3, 0), ((0, 3), 2, 3)])
+def test_a_long_coverage_guided_run_is_a_chain_of_processes(monkeypatch, codes, parts, status):
+    """Past --chunk-seconds, fuzz.py runs one process after another over the same corpus,
+    each given what is left up to the chunk, and stops at the first that fails, with its
+    status (atheris' instrumentation grows a process without end: see the script)."""
+    fuzz = _fuzz_script()
+    clock = [0.0]
+    calls = []
+
+    def call(args):
+        calls.append(args)
+        clock[0] += float(args[args.index("--seconds") + 1]) + 0.5  # and a start-up
+        return codes[len(calls) - 1]
+
+    monkeypatch.setattr(fuzz, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(fuzz, "subprocess", SimpleNamespace(call=call))
+    assert fuzz.run_chunks("engine", 700, 300, Path("corp"), ["-dict=x"]) == status
+    assert len(calls) == parts
+    seconds = [float(c[c.index("--seconds") + 1]) for c in calls]
+    assert seconds == [300, 300, 99][:parts]
+    for c in calls:
+        # each one a single process: its chunk is all of its run
+        assert c[c.index("--chunk-seconds") + 1] == c[c.index("--seconds") + 1]
+        assert c[c.index("--corpus") + 1] == "corp" and c[-1] == "-dict=x"
