@@ -19,13 +19,13 @@ finds there. A crash prints the exact input (hex) and saves it next to the corpu
 directory as crash-TARGET-<sha1>; the exit status is non-zero.
 
 A coverage-guided run longer than ``--chunk-seconds`` (300) goes on in a fresh process
-every so many seconds, over the same corpus directory. Under atheris' instrumentation the engine target's process grows
-by about 12 MB every 1,000 inputs (measured 2026-12-06: 70 MB to 3 GB in 240,000 inputs),
-while the same inputs run uninstrumented stay flat (68 MB over 20,000 through atheris
-without instrumenting p2pboard, 43 MB over 40,000 in the random loop), as does the store
-target instrumented: what grows is the instrumentation's, not p2pboard's. One process
-would reach libFuzzer's memory limit (4 GB here) in about a quarter of an hour and report
-it as an out-of-memory crash.
+every so many seconds, over the same corpus directory. Under atheris' instrumentation the
+engine target's process grows by about 12 MB every 1,000 inputs (measured 2026-12-06: 70
+MB to 3 GB in 240,000 inputs), while the same inputs run uninstrumented stay flat (68 MB
+over 20,000 through atheris without instrumenting p2pboard, 43 MB over 40,000 in the
+random loop), as does the store target instrumented: what grows is the instrumentation's,
+not p2pboard's. One process would reach libFuzzer's memory limit (4 GB here) in about a
+quarter of an hour and report it as an out-of-memory crash.
 
 No socket is opened: everything runs in memory with virtual time.
 """
