@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replay", type=Path, nargs="*", default=None,
                    help="run the target once on these files (e.g. a saved crash) and exit")
     a, extra = p.parse_known_args(argv)
+    if a.chunk_seconds < 1:
+        p.error("--chunk-seconds must be at least 1")
+    corpus = a.corpus or ROOT / "fuzz-corpus" / a.target
     atheris = None
     if not a.no_atheris and a.replay is None:
         try:
@@ -138,11 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             print("fuzz.py: atheris is not installed (pip install -e .[fuzz]): falling back "
                   "to the random mutation loop", file=sys.stderr)
-    if a.chunk_seconds < 1:
-        p.error("--chunk-seconds must be at least 1")
     if atheris is not None and a.seconds > a.chunk_seconds:
-        return run_chunks(a.target, a.seconds, a.chunk_seconds,
-                          a.corpus or ROOT / "fuzz-corpus" / a.target, extra)
+        return run_chunks(a.target, a.seconds, a.chunk_seconds, corpus, extra)
     if atheris is not None:
         # Coverage feedback from p2pboard only (instrumenting NumPy too costs half a minute).
         with atheris.instrument_imports(include=["p2pboard"]):
@@ -154,7 +154,6 @@ def main(argv: list[str] | None = None) -> int:
             fz.TARGETS[a.target](path.read_bytes())
             print(f"{path}: ok")
         return 0
-    corpus = a.corpus or ROOT / "fuzz-corpus" / a.target
     n = write_seeds(a.target, corpus)
     print(f"fuzz.py: target {a.target}, corpus {corpus} ({n} new seeds)", flush=True)
     if atheris is not None:
